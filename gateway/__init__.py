@@ -1,0 +1,3 @@
+"""storage-gateway: serve call recordings behind encrypted links."""
+
+__version__ = "0.1.0"

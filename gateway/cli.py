@@ -1,0 +1,144 @@
+"""The `storage-gateway` command: serve, make and read links, make keys."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import secrets
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from . import __version__
+from .config import CONFIG_FILE_ENV, ConfigError, Settings, load_settings
+from .devdefaults import SAMPLE_PATHS
+from .paths import PathRefused, confine
+from .tokens import KEY_BYTES, TokenError, decrypt_token, encrypt_path, format_key
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="storage-gateway", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration (environment overrides it)")
+        return sub
+
+    serve = command("serve", "run the public edge")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=1)
+
+    link = command("link", "make or read a link token")
+    link_commands = link.add_subparsers(dest="link_command", required=True, metavar="ACTION")
+    encrypt = link_commands.add_parser("encrypt", help="print the token (or URL) for a path")
+    encrypt.add_argument("path")
+    decrypt = link_commands.add_parser("decrypt", help="print the path inside a token or link URL")
+    decrypt.add_argument("token_or_url")
+    for sub in (encrypt, decrypt):
+        sub.add_argument("--config", type=Path, metavar="FILE", default=argparse.SUPPRESS)
+
+    keygen = commands.add_parser("keygen", help="print a new random key")
+    keygen.add_argument("--base64", action="store_true", help="print the base64: form instead of hex")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "keygen":
+        key = secrets.token_bytes(KEY_BYTES)
+        import base64
+
+        print("base64:" + base64.b64encode(key).decode() if args.base64 else format_key(key))
+        return 0
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"storage-gateway: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        return _serve(args, settings)
+    if args.link_command == "encrypt":
+        return _encrypt(args.path, settings)
+    return _decrypt(args.token_or_url, settings)
+
+
+def _encrypt(path: str, settings: Settings) -> int:
+    try:
+        confine(path)
+        token = encrypt_path(path, settings.keys[0])
+    except (PathRefused, ValueError) as exc:
+        print(f"storage-gateway: cannot make a link for {path!r}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{settings.public_url}/{token}" if settings.public_url else token)
+    return 0
+
+
+def _decrypt(token_or_url: str, settings: Settings) -> int:
+    token = urlsplit(token_or_url).path.rstrip("/").rpartition("/")[2] if "/" in token_or_url else token_or_url
+    try:
+        candidates = decrypt_token(token, settings.keys)
+    except TokenError as exc:
+        print(f"storage-gateway: not a link token ({exc.reason}): {exc}", file=sys.stderr)
+        return 1
+    for index, path in candidates:
+        print(path if len(settings.keys) == 1 else f"{path}\t(key {index + 1})")
+    return 0
+
+
+def _log_config(access_log: bool) -> dict:
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["gateway"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from .edge import create_app
+
+    if settings.dev_dir is not None:
+        _print_dev_banner(settings, args.host, args.port)
+    common = dict(
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=settings.access_log,
+        server_header=False,
+        log_config=_log_config(settings.access_log),
+    )
+    if args.workers == 1:
+        uvicorn.run(create_app(settings), **common)
+        return 0
+    # Workers are fresh interpreters: they re-read the same configuration.
+    if args.config:
+        os.environ[CONFIG_FILE_ENV] = str(args.config.resolve())
+    if settings.dev_dir is not None:
+        os.environ["GATEWAY_DEV_DIR"] = str(settings.dev_dir)
+    uvicorn.run("gateway.edge:create_app", factory=True, workers=args.workers, **common)
+    return 0
+
+
+def _print_dev_banner(settings: Settings, host: str, port: int) -> None:
+    base = settings.public_url or f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    assert settings.dev_dir is not None
+    lines = [
+        "storage-gateway: no key or storage configured, using the development default:",
+        f"  recordings: {settings.storages[0].root}",
+        f"  key file:   {settings.dev_dir / 'dev.key'} (development only; configure GATEWAY_KEY for real use)",
+        "  sample links (paste into a browser):",
+    ]
+    for path in SAMPLE_PATHS:
+        token = encrypt_path(path, settings.keys[0])
+        lines.append(f"    {path}\n      download: {base}/{token}\n      play:     {base}/{token}?inline=1")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

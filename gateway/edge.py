@@ -1,0 +1,313 @@
+"""The public edge: `GET`/`HEAD /<token>` plus health endpoints.
+
+The file route is a plain ASGI callable rather than a Starlette endpoint:
+it is the hot path, and at thousands of requests a second a framework
+object per request and headers rebuilt each time are a visible share of the
+time. Everything that does not need to be fast (health, readiness, lifespan)
+is an ordinary Starlette app behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from .conditions import if_range_allows, precondition_status
+from .config import FileStorage, Settings, load_settings
+from .headers import content_disposition, entity_tag, http_date, media_type
+from .metrics import REJECTED
+from .multipart import multipart_plan, new_boundary
+from .ranges import RangeNotSatisfiable, Span, content_range, parse_range
+from .resolver import Resolver, Unresolved
+from .storage import Storage, StorageUnavailable, StoredFile
+from .storage.disk import DiskStorage
+
+log = logging.getLogger("gateway.edge")
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+_CONDITIONAL = (b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since")
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _plain(status: int, text: str, *extra: tuple[bytes, bytes]) -> tuple[Message, Message]:
+    """A small fixed text answer, built once at import."""
+    body = f"{text}\n".encode()
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+        _NOSNIFF,
+        *extra,
+    ]
+    return (
+        {"type": "http.response.start", "status": status, "headers": headers},
+        {"type": "http.response.body", "body": body},
+    )
+
+
+NOT_FOUND = _plain(404, "Not Found")
+METHOD_NOT_ALLOWED = _plain(405, "Method Not Allowed", (b"allow", b"GET, HEAD"))
+PRECONDITION_FAILED = _plain(412, "Precondition Failed")
+SERVICE_UNAVAILABLE = _plain(503, "Service Unavailable", (b"retry-after", b"5"))
+
+
+@dataclass(frozen=True, slots=True)
+class Representation:
+    """What the edge says about one version of one file, built once per version."""
+
+    content_type: str
+    etag: str
+    mtime: int
+    headers: Headers  # sent with every 200/206
+    validators: Headers  # sent with 304
+
+
+def _query_flag(query: bytes, name: bytes) -> bool:
+    """Whether `name=<true>` is in the query string, without parsing all of it."""
+    for pair in query.split(b"&"):
+        key, _, value = pair.partition(b"=")
+        if key == name:
+            return value.decode("latin-1").lower() in _TRUE
+    return False
+
+
+class Edge:
+    """ASGI entry: the token route, with the control app behind it."""
+
+    def __init__(self, settings: Settings, storages: Sequence[Storage]) -> None:
+        self.settings = settings
+        self.storages = tuple(storages)
+        self.resolver = Resolver(settings.keys, self.storages)
+        self.representation = lru_cache(maxsize=4096)(self._representation)
+        self.control = Starlette(
+            routes=[Route("/healthz", self.healthz), Route("/readyz", self.readyz)],
+            lifespan=self._lifespan,
+        )
+        self._control_paths = {"/healthz", "/readyz"}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in self._control_paths:
+            await self.serve(scope, receive, send)
+        else:
+            await self.control(scope, receive, send)
+
+    # -- control endpoints -------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        yield
+        for storage in self.storages:
+            await storage.aclose()
+
+    async def healthz(self, request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok\n", headers={"cache-control": "no-store"})
+
+    async def readyz(self, request: Request) -> PlainTextResponse:
+        states = [(storage.label, await storage.ready()) for storage in self.storages]
+        body = "".join(f"{label}: {'ok' if ok else 'unavailable'}\n" for label, ok in states)
+        ready = all(ok for _, ok in states)
+        return PlainTextResponse(body, status_code=200 if ready else 503, headers={"cache-control": "no-store"})
+
+    # -- the file route ----------------------------------------------------
+
+    def _representation(self, path: str, size: int, mtime: int, inline: bool) -> Representation:
+        name = path.rpartition("/")[2]
+        content_type = media_type(name)
+        etag = entity_tag(size, mtime)
+        validators = [
+            (b"etag", etag.encode()),
+            (b"last-modified", http_date(mtime).encode()),
+            (b"cache-control", self.settings.cache_control.encode()),
+        ]
+        headers = [
+            (b"content-type", content_type.encode()),
+            (b"accept-ranges", b"bytes"),
+            *validators,
+            (b"content-disposition", content_disposition(name, inline).encode()),
+            _NOSNIFF,
+        ]
+        return Representation(content_type, etag, mtime, headers, validators)
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope["method"]
+        if method != "GET" and method != "HEAD":
+            await _send_pair(send, METHOD_NOT_ALLOWED)
+            return
+        token = scope["path"][1:]
+        try:
+            file, path, _ = await self.resolver.open(token)
+        except Unresolved as exc:
+            log.info("rejected token=%s reason=%s: %s", token[:8], exc.reason, exc)
+            REJECTED.labels(exc.reason).inc()
+            await _send_pair(send, NOT_FOUND)
+            return
+        except StorageUnavailable as exc:
+            log.error("storage unavailable token=%s kind=%s: %s", token[:8], exc.kind, exc)
+            await _send_pair(send, SERVICE_UNAVAILABLE)
+            return
+        try:
+            await self._respond(scope, receive, send, file, path)
+        finally:
+            await file.close()
+
+    async def _respond(self, scope: Scope, receive: Receive, send: Send, file: StoredFile, path: str) -> None:
+        method = scope["method"]
+        request_headers = dict(scope["headers"])
+        inline = bool(scope["query_string"]) and _query_flag(scope["query_string"], b"inline")
+        rep = self.representation(path, file.size, file.mtime, inline)
+
+        if any(name in request_headers for name in _CONDITIONAL):
+            status = precondition_status(
+                method,
+                rep.etag,
+                rep.mtime,
+                **{
+                    name.decode().replace("-", "_"): request_headers[name].decode("latin-1")
+                    for name in _CONDITIONAL
+                    if name in request_headers
+                },
+            )
+            if status == 304:
+                await send({"type": "http.response.start", "status": 304, "headers": rep.validators})
+                await send({"type": "http.response.body", "body": b""})
+                return
+            if status == 412:
+                await _send_pair(send, PRECONDITION_FAILED)
+                return
+
+        spans: tuple[Span, ...] | None = None
+        range_header = request_headers.get(b"range")
+        if range_header is not None and method == "GET":
+            if_range = request_headers.get(b"if-range")
+            if if_range_allows(if_range and if_range.decode("latin-1"), rep.etag, rep.mtime):
+                try:
+                    spans = parse_range(range_header.decode("latin-1"), file.size, self.settings.max_ranges)
+                except RangeNotSatisfiable:
+                    await _send_pair(
+                        send, _plain(416, "Range Not Satisfiable", (b"content-range", f"bytes */{file.size}".encode()))
+                    )
+                    return
+
+        if spans is None:
+            status, length, pieces = 200, file.size, _file_pieces(file, ((0, file.size),))
+            headers = [*rep.headers, (b"content-length", str(length).encode())]
+        elif len(spans) == 1:
+            status, length, pieces = 206, spans[0][1] - spans[0][0], _file_pieces(file, spans)
+            headers = [
+                *rep.headers,
+                (b"content-length", str(length).encode()),
+                (b"content-range", content_range(spans[0], file.size).encode()),
+            ]
+        else:
+            boundary = new_boundary()
+            length, parts, closing = multipart_plan(spans, file.size, rep.content_type, boundary)
+            status, pieces = 206, _multipart_pieces(file, parts, closing)
+            headers = [
+                (b"content-type", f"multipart/byteranges; boundary={boundary}".encode()),
+                *rep.headers[1:],
+                (b"content-length", str(length).encode()),
+            ]
+        start = {"type": "http.response.start", "status": status, "headers": headers}
+        if method == "HEAD":
+            await send(start)
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await self._stream(start, pieces, length, receive, send)
+
+    async def _stream(
+        self, start: Message, pieces: AsyncIterator[bytes], length: int, receive: Receive, send: Send
+    ) -> None:
+        """Send the body with backpressure; stop reading when the client leaves.
+
+        Headers go out with the first chunk, so a storage that fails before
+        any byte is read still gets a clean 503. One chunk is held back so
+        the last goes out with `more_body: False` (a small file is a single
+        send). After the headers, a failure aborts the connection: the
+        client sees a short transfer against Content-Length and can resume,
+        rather than a 200 whose body is silently cut.
+        """
+        gone = asyncio.ensure_future(_disconnected(receive)) if length > self.settings.chunk_size else None
+        held: bytes | None = None
+        try:
+            async with contextlib.aclosing(pieces):
+                async for data in pieces:
+                    if held is None:
+                        held = data
+                        continue
+                    if start:
+                        await send(start)
+                        start = {}
+                    await send({"type": "http.response.body", "body": held, "more_body": True})
+                    held = data
+                    if gone is not None and gone.done():
+                        log.info("client went away mid-body; stopped reading")
+                        return
+        except StorageUnavailable as exc:
+            log.error("storage failed while streaming kind=%s: %s", exc.kind, exc)
+            if start:
+                await _send_pair(send, SERVICE_UNAVAILABLE)
+            return
+        finally:
+            if gone is not None:
+                gone.cancel()
+        if start:
+            await send(start)
+        await send({"type": "http.response.body", "body": held or b""})
+
+
+async def _send_pair(send: Send, pair: tuple[Message, Message]) -> None:
+    await send(pair[0])
+    await send(pair[1])
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return when the client has gone (or the response is complete)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _file_pieces(file: StoredFile, spans: tuple[Span, ...]) -> AsyncIterator[bytes]:
+    for start, stop in spans:
+        async with contextlib.aclosing(file.iter_bytes(start, stop)) as chunks:
+            async for data in chunks:
+                yield data
+
+
+async def _multipart_pieces(file: StoredFile, parts: list[tuple[bytes, Span]], closing: bytes) -> AsyncIterator[bytes]:
+    for head, (start, stop) in parts:
+        yield head
+        async with contextlib.aclosing(file.iter_bytes(start, stop)) as chunks:
+            async for data in chunks:
+                yield data
+    yield closing
+
+
+def build_storages(settings: Settings) -> list[Storage]:
+    """One backend per configured storage URL, in fallback order."""
+    storages: list[Storage] = []
+    for spec in settings.storages:
+        if isinstance(spec, FileStorage):
+            storages.append(DiskStorage(spec.root, settings.chunk_size))
+    return storages
+
+
+def create_app(settings: Settings | None = None) -> Edge:
+    """The uvicorn factory: each worker validates and builds its own app."""
+    settings = settings or load_settings()
+    return Edge(settings, build_storages(settings))

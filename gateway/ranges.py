@@ -1,0 +1,77 @@
+"""The Range header (RFC 9110 §14), as pure functions over a representation size.
+
+Knows nothing of files or HTTP messages: it turns a header value and a size
+into the byte spans to send, so it can be tested against a simple model.
+"""
+
+from __future__ import annotations
+
+import re
+
+Span = tuple[int, int]
+"""A half-open byte span [start, stop)."""
+
+_SPEC = re.compile(r"\s*(\d*)-(\d*)\s*")
+
+
+class RangeNotSatisfiable(Exception):
+    """No requested range overlaps the representation: answer 416."""
+
+
+def parse_range(header: str, size: int, max_ranges: int) -> tuple[Span, ...] | None:
+    """The spans to send for `Range: header`, or None to send the whole body.
+
+    None covers every case RFC 9110 lets a server ignore the field: a unit
+    other than bytes, a syntactically invalid set, and (as nginx's
+    `max_ranges`) more ranges than we are willing to serve. Overlapping and
+    adjacent spans are coalesced in ascending order, so a request cannot make
+    the response larger than the file.
+    """
+    unit, sep, range_set = header.partition("=")
+    if not sep or unit.strip().lower() != "bytes":
+        return None
+    specs = [spec for spec in range_set.split(",") if spec.strip()]
+    if not specs or len(specs) > max_ranges:
+        return None
+    spans: list[Span] = []
+    for spec in specs:
+        match = _SPEC.fullmatch(spec)
+        if match is None:
+            return None
+        first, last = match.groups()
+        if first:
+            start = int(first)
+            if last and int(last) < start:
+                return None
+            if start >= size:
+                continue
+            stop = min(int(last) + 1, size) if last else size
+        elif last:
+            suffix = int(last)
+            if suffix == 0 or size == 0:
+                continue
+            start, stop = max(size - suffix, 0), size
+        else:
+            return None
+        spans.append((start, stop))
+    if not spans:
+        raise RangeNotSatisfiable
+    return coalesce(spans)
+
+
+def coalesce(spans: list[Span]) -> tuple[Span, ...]:
+    """Merge overlapping and touching spans, in ascending order."""
+    spans.sort()
+    merged = [spans[0]]
+    for start, stop in spans[1:]:
+        last_start, last_stop = merged[-1]
+        if start <= last_stop:
+            merged[-1] = (last_start, max(last_stop, stop))
+        else:
+            merged.append((start, stop))
+    return tuple(merged)
+
+
+def content_range(span: Span, size: int) -> str:
+    """The `Content-Range` value for one span (inclusive end, as on the wire)."""
+    return f"bytes {span[0]}-{span[1] - 1}/{size}"

@@ -1,0 +1,50 @@
+"""The storage interface the edge serves from, whatever holds the bytes.
+
+A backend knows relative paths and bytes, nothing of tokens or HTTP. The
+edge asks `open()` for a path and streams `iter_bytes()` of the spans it
+decided to send.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+
+class NotFound(Exception):
+    """The path does not name a servable file here; `reason` is the metric label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(detail or reason)
+        self.reason = reason
+
+
+class StorageUnavailable(Exception):
+    """The storage failed (not the file missing): `kind` is the metric label."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(detail or kind)
+        self.kind = kind
+
+
+class StoredFile(Protocol):
+    size: int
+    mtime: int  # whole seconds, as HTTP dates carry
+
+    def iter_bytes(self, start: int, stop: int) -> AsyncIterator[bytes]:
+        """Bytes [start, stop) in bounded chunks; raises StorageUnavailable if cut short."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Storage(Protocol):
+    label: str  # the `backend` metric label
+
+    async def open(self, path: str) -> StoredFile:
+        """Open a confined relative path; raises NotFound or StorageUnavailable."""
+        ...
+
+    async def ready(self) -> bool: ...
+
+    async def aclose(self) -> None: ...
