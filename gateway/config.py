@@ -12,7 +12,8 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+import re
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from . import devdefaults
 from .tokens import parse_key
@@ -33,7 +34,30 @@ class FileStorage:
     root: Path
 
 
-StorageSpec = FileStorage
+@dataclass(frozen=True)
+class S3Storage:
+    """A bucket and key prefix (`s3://bucket[/prefix]`); `redirect` hands off with a presigned URL."""
+
+    bucket: str
+    prefix: str = ""
+    redirect: bool = False
+    redirect_seconds: int = 300
+
+
+StorageSpec = FileStorage | S3Storage
+
+
+@dataclass(frozen=True)
+class S3Client:
+    """How every S3 storage of this process talks to its endpoint."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    connect_timeout: float = 2.0
+    read_timeout: float = 10.0
+    max_attempts: int = 2
+    max_pool_connections: int = 64
+    ready_cache_seconds: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -41,12 +65,14 @@ class Settings:
     keys: tuple[bytes, ...] = field(repr=False)
     storages: tuple[StorageSpec, ...]
     public_url: str | None = None
-    s3_endpoint_url: str | None = None
+    s3: S3Client = field(default_factory=S3Client)
     api_clients: str | None = None
     cache_control: str = "private, max-age=3600"
     max_ranges: int = 16
     chunk_size: int = 256 * 1024
     access_log: bool = True
+    disk_cache_seconds: float = 1.0
+    disk_cache_bytes: int = 32 * 1024 * 1024
     # Set when no key and no storage were configured: the embedded default.
     dev_dir: Path | None = field(default=None)
 
@@ -57,14 +83,22 @@ _SETTINGS = {
     "key_file": "GATEWAY_KEY_FILE",
     "storage": "GATEWAY_STORAGE",
     "public_url": "GATEWAY_PUBLIC_URL",
-    "s3_endpoint_url": "GATEWAY_S3_ENDPOINT_URL",
+    "s3.endpoint_url": "GATEWAY_S3_ENDPOINT_URL",
+    "s3.region": "GATEWAY_S3_REGION",
+    "s3.connect_timeout": "GATEWAY_S3_CONNECT_TIMEOUT",
+    "s3.read_timeout": "GATEWAY_S3_READ_TIMEOUT",
+    "s3.max_attempts": "GATEWAY_S3_MAX_ATTEMPTS",
+    "s3.max_pool_connections": "GATEWAY_S3_MAX_POOL_CONNECTIONS",
     "api_clients": "GATEWAY_API_CLIENTS",
     "edge.cache_control": "GATEWAY_CACHE_CONTROL",
     "edge.max_ranges": "GATEWAY_MAX_RANGES",
     "edge.chunk_size": "GATEWAY_CHUNK_SIZE",
     "edge.access_log": "GATEWAY_ACCESS_LOG",
+    "disk.cache_seconds": "GATEWAY_DISK_CACHE_SECONDS",
+    "disk.cache_bytes": "GATEWAY_DISK_CACHE_BYTES",
 }
 CONFIG_FILE_ENV = "GATEWAY_CONFIG"
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 def _flatten(table: Mapping[str, object], prefix: str = "") -> dict[str, object]:
@@ -106,6 +140,17 @@ def _as_list(setting: str, value: object) -> list[str]:
     return items
 
 
+def _storage_entries(setting: str, value: object) -> list[object]:
+    """Storage entries keep TOML tables whole; strings split on commas."""
+    if isinstance(value, list):
+        entries = [item for entry in value for item in (_as_list(setting, entry) if isinstance(entry, str) else [entry])]
+    else:
+        entries = list(_as_list(setting, value))
+    if not entries:
+        raise ConfigError(setting, "is empty")
+    return entries
+
+
 def _as_int(setting: str, value: object, low: int, high: int) -> int:
     try:
         number = int(value)  # type: ignore[call-overload]
@@ -113,6 +158,16 @@ def _as_int(setting: str, value: object, low: int, high: int) -> int:
         raise ConfigError(setting, f"{value!r} is not a whole number") from None
     if not low <= number <= high:
         raise ConfigError(setting, f"{number} is outside {low}..{high}")
+    return number
+
+
+def _as_seconds(setting: str, value: object, high: float) -> float:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(setting, f"{value!r} is not a number of seconds") from None
+    if not 0 <= number <= high:
+        raise ConfigError(setting, f"{number} is outside 0..{high:g} seconds")
     return number
 
 
@@ -146,9 +201,25 @@ def _key_file(setting: str, value: object) -> tuple[bytes, ...]:
     return _keys(setting, ",".join(text.split()))
 
 
-def _storage(setting: str, url: str) -> StorageSpec:
+_S3_OPTIONS = {"redirect", "redirect_expires"}
+
+
+def _storage(setting: str, entry: object) -> StorageSpec:
+    """One storage: a URL string (options as query parameters) or a TOML table with `url`."""
+    if isinstance(entry, dict):
+        options = {k: v for k, v in entry.items() if k != "url"}
+        url = entry.get("url")
+        if not isinstance(url, str):
+            raise ConfigError(setting, "a storage table needs url = \"file:///…\" or \"s3://…\"")
+    elif isinstance(entry, str):
+        url, options = entry, {}
+    else:
+        raise ConfigError(setting, f"{entry!r} is not a storage URL")
     parts = urlsplit(url)
+    options.update(parse_qsl(parts.query, keep_blank_values=True))
     if parts.scheme == "file":
+        if options:
+            raise ConfigError(setting, f"{url}: file storage takes no options ({', '.join(sorted(options))})")
         if parts.netloc not in ("", "localhost"):
             raise ConfigError(setting, f"{url}: file URLs name a local directory (file:///abs/dir)")
         root = Path(unquote(parts.path))
@@ -159,7 +230,52 @@ def _storage(setting: str, url: str) -> StorageSpec:
         if not os.access(root, os.R_OK | os.X_OK):
             raise ConfigError(setting, f"{url}: {root} is not readable by this process")
         return FileStorage(root=root.resolve())
-    raise ConfigError(setting, f"{url}: unsupported scheme {parts.scheme or '(none)'!r}; use file:///abs/dir")
+    if parts.scheme == "s3":
+        unknown = sorted(set(options) - _S3_OPTIONS)
+        if unknown:
+            raise ConfigError(setting, f"{url}: unknown option {unknown[0]!r} (known: {', '.join(sorted(_S3_OPTIONS))})")
+        if not _BUCKET.fullmatch(parts.netloc):
+            raise ConfigError(setting, f"{url}: {parts.netloc!r} is not a valid bucket name")
+        prefix = unquote(parts.path).strip("/")
+        return S3Storage(
+            bucket=parts.netloc,
+            prefix=prefix + "/" if prefix else "",
+            redirect=_as_bool(setting, options.get("redirect", False)),
+            redirect_seconds=_as_int(setting, options.get("redirect_expires", 300), 1, 7 * 24 * 3600),
+        )
+    raise ConfigError(
+        setting, f"{url}: unsupported scheme {parts.scheme or '(none)'!r}; use file:///abs/dir or s3://bucket/prefix"
+    )
+
+
+def _s3_client(values: Mapping[str, object], where: Callable[[str], str]) -> S3Client:
+    default = S3Client()
+    endpoint = values.get("s3.endpoint_url")
+    if endpoint is not None:
+        endpoint = str(endpoint)
+        if urlsplit(endpoint).scheme not in ("http", "https") or not urlsplit(endpoint).netloc:
+            raise ConfigError(where("s3.endpoint_url"), f"{endpoint!r} is not an http(s) URL")
+    region = values.get("s3.region")
+
+    def seconds(name: str, fallback: float) -> float:
+        value = _as_seconds(where(name), values.get(name, fallback), 600)
+        if value <= 0:
+            raise ConfigError(where(name), "must be more than 0 seconds")
+        return value
+
+    return S3Client(
+        endpoint_url=endpoint,
+        region=str(region) if region else None,
+        connect_timeout=seconds("s3.connect_timeout", default.connect_timeout),
+        read_timeout=seconds("s3.read_timeout", default.read_timeout),
+        max_attempts=_as_int(where("s3.max_attempts"), values.get("s3.max_attempts", default.max_attempts), 1, 20),
+        max_pool_connections=_as_int(
+            where("s3.max_pool_connections"),
+            values.get("s3.max_pool_connections", default.max_pool_connections),
+            1,
+            10000,
+        ),
+    )
 
 
 def _configured_keys(values: Mapping[str, object], where: Callable[[str], str]) -> tuple[bytes, ...]:
@@ -195,7 +311,7 @@ def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | 
         if "storage" not in values:
             raise ConfigError("GATEWAY_STORAGE", "no storage configured (e.g. file:///var/lib/recordings)")
         setting = where("storage")
-        storages = tuple(_storage(setting, url) for url in _as_list(setting, values["storage"]))
+        storages = tuple(_storage(setting, entry) for entry in _storage_entries(setting, values["storage"]))
 
     public_url = values.get("public_url")
     if public_url is not None:
@@ -209,7 +325,7 @@ def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | 
         keys=keys,
         storages=storages,
         public_url=public_url,
-        s3_endpoint_url=values.get("s3_endpoint_url") and str(values["s3_endpoint_url"]),
+        s3=_s3_client(values, where),
         api_clients=values.get("api_clients") and str(values["api_clients"]),
         cache_control=cache_control,
         max_ranges=_as_int(where("edge.max_ranges"), values.get("edge.max_ranges", Settings.max_ranges), 1, 1000),
@@ -217,5 +333,11 @@ def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | 
             where("edge.chunk_size"), values.get("edge.chunk_size", Settings.chunk_size), 4096, 16 * 1024 * 1024
         ),
         access_log=_as_bool(where("edge.access_log"), values.get("edge.access_log", Settings.access_log)),
+        disk_cache_seconds=_as_seconds(
+            where("disk.cache_seconds"), values.get("disk.cache_seconds", Settings.disk_cache_seconds), 3600
+        ),
+        disk_cache_bytes=_as_int(
+            where("disk.cache_bytes"), values.get("disk.cache_bytes", Settings.disk_cache_bytes), 0, 2**40
+        ),
         dev_dir=dev_dir,
     )

@@ -24,13 +24,14 @@ from starlette.routing import Route
 
 from .conditions import if_range_allows, precondition_status
 from .config import FileStorage, Settings, load_settings
-from .headers import content_disposition, entity_tag, http_date, media_type
-from .metrics import REJECTED
+from .headers import content_disposition, http_date, media_type
+from .metrics import REJECTED, STORAGE_ERRORS
 from .multipart import multipart_plan, new_boundary
 from .ranges import RangeNotSatisfiable, Span, content_range, parse_range
 from .resolver import Resolver, Unresolved
-from .storage import Storage, StorageUnavailable, StoredFile
+from .storage import DEFAULT_FAILURE_STATUS, FAILURE_STATUS, Storage, StorageUnavailable, StoredFile
 from .storage.disk import DiskStorage
+from .storage.s3 import S3Storage
 
 log = logging.getLogger("gateway.edge")
 
@@ -64,7 +65,15 @@ def _plain(status: int, text: str, *extra: tuple[bytes, bytes]) -> tuple[Message
 NOT_FOUND = _plain(404, "Not Found")
 METHOD_NOT_ALLOWED = _plain(405, "Method Not Allowed", (b"allow", b"GET, HEAD"))
 PRECONDITION_FAILED = _plain(412, "Precondition Failed")
-SERVICE_UNAVAILABLE = _plain(503, "Service Unavailable", (b"retry-after", b"5"))
+STORAGE_FAILURES = {
+    502: _plain(502, "Bad Gateway"),
+    503: _plain(503, "Service Unavailable", (b"retry-after", b"5")),
+    504: _plain(504, "Gateway Timeout"),
+}
+
+
+def _storage_failure(exc: StorageUnavailable) -> tuple[Message, Message]:
+    return STORAGE_FAILURES[FAILURE_STATUS.get(exc.kind, DEFAULT_FAILURE_STATUS)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +120,11 @@ class Edge:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        yield
-        for storage in self.storages:
-            await storage.aclose()
+        async with contextlib.AsyncExitStack() as stack:
+            for storage in self.storages:
+                await storage.start()
+                stack.push_async_callback(storage.aclose)
+            yield
 
     async def healthz(self, request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok\n", headers={"cache-control": "no-store"})
@@ -126,10 +137,9 @@ class Edge:
 
     # -- the file route ----------------------------------------------------
 
-    def _representation(self, path: str, size: int, mtime: int, inline: bool) -> Representation:
+    def _representation(self, path: str, etag: str, mtime: int, inline: bool) -> Representation:
         name = path.rpartition("/")[2]
         content_type = media_type(name)
-        etag = entity_tag(size, mtime)
         validators = [
             (b"etag", etag.encode()),
             (b"last-modified", http_date(mtime).encode()),
@@ -151,26 +161,50 @@ class Edge:
             return
         token = scope["path"][1:]
         try:
-            file, path, _ = await self.resolver.open(token)
+            file, path, storage = await self.resolver.open(token)
         except Unresolved as exc:
             log.info("rejected token=%s reason=%s: %s", token[:8], exc.reason, exc)
             REJECTED.labels(exc.reason).inc()
             await _send_pair(send, NOT_FOUND)
             return
         except StorageUnavailable as exc:
-            log.error("storage unavailable token=%s kind=%s: %s", token[:8], exc.kind, exc)
-            await _send_pair(send, SERVICE_UNAVAILABLE)
+            await _send_pair(send, _storage_failure(exc))
             return
         try:
-            await self._respond(scope, receive, send, file, path)
+            if storage.redirects:
+                await self._redirect(scope, send, storage, path)
+            else:
+                await self._respond(scope, receive, send, file, path)
+        except StorageUnavailable as exc:
+            log.error("storage %s failed while streaming token=%s kind=%s: %s", storage.label, token[:8], exc.kind, exc)
+            STORAGE_ERRORS.labels(storage.label, exc.kind).inc()
         finally:
             await file.close()
+
+    async def _redirect(self, scope: Scope, send: Send, storage: Storage, path: str) -> None:
+        """Hand the download to the store itself, with our name and type."""
+        inline = bool(scope["query_string"]) and _query_flag(scope["query_string"], b"inline")
+        name = path.rpartition("/")[2]
+        location = await storage.redirect_url(path, media_type(name), content_disposition(name, inline))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 302,
+                "headers": [
+                    (b"location", location.encode("latin-1")),
+                    (b"cache-control", b"no-store"),
+                    (b"content-length", b"0"),
+                    _NOSNIFF,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": b""})
 
     async def _respond(self, scope: Scope, receive: Receive, send: Send, file: StoredFile, path: str) -> None:
         method = scope["method"]
         request_headers = dict(scope["headers"])
         inline = bool(scope["query_string"]) and _query_flag(scope["query_string"], b"inline")
-        rep = self.representation(path, file.size, file.mtime, inline)
+        rep = self.representation(path, file.etag, file.mtime, inline)
 
         if any(name in request_headers for name in _CONDITIONAL):
             status = precondition_status(
@@ -236,7 +270,7 @@ class Edge:
         """Send the body with backpressure; stop reading when the client leaves.
 
         Headers go out with the first chunk, so a storage that fails before
-        any byte is read still gets a clean 503. One chunk is held back so
+        any byte is read still gets a clean 5xx. One chunk is held back so
         the last goes out with `more_body: False` (a small file is a single
         send). After the headers, a failure aborts the connection: the
         client sees a short transfer against Content-Length and can resume,
@@ -259,10 +293,10 @@ class Edge:
                         log.info("client went away mid-body; stopped reading")
                         return
         except StorageUnavailable as exc:
-            log.error("storage failed while streaming kind=%s: %s", exc.kind, exc)
-            if start:
-                await _send_pair(send, SERVICE_UNAVAILABLE)
-            return
+            if not start:
+                raise  # headers are out: abort the connection (uvicorn closes it)
+            await _send_pair(send, _storage_failure(exc))
+            raise
         finally:
             if gone is not None:
                 gone.cancel()
@@ -303,7 +337,11 @@ def build_storages(settings: Settings) -> list[Storage]:
     storages: list[Storage] = []
     for spec in settings.storages:
         if isinstance(spec, FileStorage):
-            storages.append(DiskStorage(spec.root, settings.chunk_size))
+            storages.append(
+                DiskStorage(spec.root, settings.chunk_size, settings.disk_cache_seconds, settings.disk_cache_bytes)
+            )
+        else:
+            storages.append(S3Storage(spec, settings.s3, settings.chunk_size))
     return storages
 
 

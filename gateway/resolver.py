@@ -7,12 +7,16 @@ of them with the same 404 while logs and metrics keep the difference.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from functools import lru_cache
 
+from .metrics import STORAGE_ERRORS
 from .paths import PathRefused, confine
-from .storage import NotFound, Storage, StoredFile
+from .storage import NotFound, Storage, StorageUnavailable, StoredFile
 from .tokens import TokenError, decrypt_token
+
+log = logging.getLogger("gateway.resolver")
 
 
 class Unresolved(Exception):
@@ -48,20 +52,30 @@ class Resolver:
         return tuple(paths)
 
     async def open(self, token: str) -> tuple[StoredFile, str, Storage]:
-        """The first (key, storage) in order holding the file; raises Unresolved.
+        """The first (key, storage) in order holding the file.
 
-        StorageUnavailable propagates: an outage is not a missing file.
+        A storage that fails is logged and counted, and the next is tried: a
+        later tier holding the file still serves it. When none does, an
+        outage raises StorageUnavailable rather than Unresolved, because a
+        broken store must not look like a missing file.
         """
         try:
             paths = self.paths(token)
         except (TokenError, PathRefused) as exc:
             raise Unresolved(exc.reason, str(exc)) from None
         first_miss: NotFound | None = None
+        failure: StorageUnavailable | None = None
         for path in paths:
             for storage in self._storages:
                 try:
                     return await storage.open(path), path, storage
                 except NotFound as exc:
                     first_miss = first_miss or exc
+                except StorageUnavailable as exc:
+                    log.error("storage %s failed kind=%s: %s", storage.label, exc.kind, exc)
+                    STORAGE_ERRORS.labels(storage.label, exc.kind).inc()
+                    failure = failure or exc
+        if failure is not None:
+            raise failure
         assert first_miss is not None
         raise Unresolved(first_miss.reason, str(first_miss))

@@ -30,6 +30,7 @@ class StorageUnavailable(Exception):
 class StoredFile(Protocol):
     size: int
     mtime: int  # whole seconds, as HTTP dates carry
+    etag: str  # a strong validator, quoted as HTTP sends it
 
     def iter_bytes(self, start: int, stop: int) -> AsyncIterator[bytes]:
         """Bytes [start, stop) in bounded chunks; raises StorageUnavailable if cut short."""
@@ -40,11 +41,25 @@ class StoredFile(Protocol):
 
 class Storage(Protocol):
     label: str  # the `backend` metric label
+    redirects: bool  # answer with redirect_url() instead of streaming
+
+    async def start(self) -> None:
+        """Acquire long-lived resources (clients, pools) once per worker."""
+        ...
 
     async def open(self, path: str) -> StoredFile:
         """Open a confined relative path; raises NotFound or StorageUnavailable."""
         ...
 
+    async def redirect_url(self, path: str, content_type: str, disposition: str) -> str: ...
+
     async def ready(self) -> bool: ...
 
     async def aclose(self) -> None: ...
+
+
+# How a storage failure is answered: a gateway timeout when the store was
+# too slow, unavailable when it could not be reached, bad gateway when it
+# answered wrongly.
+FAILURE_STATUS = {"timeout": 504, "connection": 503, "io": 503}
+DEFAULT_FAILURE_STATUS = 502

@@ -1,8 +1,10 @@
 """Recordings on a local directory.
 
-Every request costs one trip to the thread pool: resolving, opening,
+A request costs at most one trip to the thread pool: resolving, opening,
 checking and (for files up to one chunk) reading and closing happen in a
-single function run off the event loop. Larger files are read one chunk
+single function run off the event loop. Small files just read are kept for
+a short, configurable time (like nginx's `open_file_cache`), so a hot
+recording costs no system call at all. Larger files are read one chunk
 ahead of the socket, so disk and network overlap and memory stays at two
 chunks per download whatever the file size.
 """
@@ -13,11 +15,13 @@ import asyncio
 import errno
 import os
 import stat
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiofiles.os import wrap
 
+from ..headers import entity_tag
 from . import NotFound, StorageUnavailable
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
@@ -28,11 +32,12 @@ _close = wrap(os.close)
 class DiskFile:
     """An open regular file, or the whole of a small one already in memory."""
 
-    __slots__ = ("size", "mtime", "_fd", "_data", "_chunk")
+    __slots__ = ("size", "mtime", "etag", "_fd", "_data", "_chunk")
 
     def __init__(self, size: int, mtime: int, fd: int | None, data: bytes | None, chunk: int) -> None:
         self.size = size
         self.mtime = mtime
+        self.etag = entity_tag(size, mtime)
         self._fd = fd
         self._data = data
         self._chunk = chunk
@@ -66,19 +71,65 @@ class DiskFile:
             await _close(fd)
 
 
+class SmallFileCache:
+    """Small files by relative path, each trusted for `seconds`, bounded in bytes.
+
+    Only whole files already in memory are kept, never descriptors or
+    failures: a recording that appears is served at once, and one that
+    changes or disappears is served as it was for at most `seconds`.
+    """
+
+    def __init__(self, seconds: float, max_bytes: int) -> None:
+        self.seconds = seconds
+        self.max_bytes = max_bytes
+        self._bytes = 0
+        self._entries: OrderedDict[str, tuple[float, DiskFile]] = OrderedDict()
+
+    def get(self, path: str, now: float) -> DiskFile | None:
+        entry = self._entries.get(path)
+        if entry is None:
+            return None
+        if entry[0] <= now:
+            self._drop(path)
+            return None
+        self._entries.move_to_end(path)
+        return entry[1]
+
+    def put(self, path: str, file: DiskFile, now: float) -> None:
+        if self.seconds <= 0 or file.size > self.max_bytes:
+            return
+        if path in self._entries:
+            self._drop(path)
+        self._entries[path] = (now + self.seconds, file)
+        self._bytes += file.size
+        while self._bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, path: str) -> None:
+        self._bytes -= self._entries.pop(path)[1].size
+
+
 class DiskStorage:
     """A root directory; paths given to `open` are already lexically confined."""
 
     label = "disk"
+    redirects = False
 
-    def __init__(self, root: Path, chunk: int) -> None:
+    def __init__(self, root: Path, chunk: int, cache_seconds: float = 0.0, cache_bytes: int = 0) -> None:
         self.root = os.path.realpath(root)
         self._prefix = self.root.rstrip("/") + "/"
         self._chunk = chunk
         self._open = wrap(self._open_sync)
+        self._cache = SmallFileCache(cache_seconds, cache_bytes)
 
     async def open(self, path: str) -> DiskFile:
-        return await self._open(path)
+        now = asyncio.get_running_loop().time()
+        file = self._cache.get(path, now)
+        if file is None:
+            file = await self._open(path)
+            if file._fd is None:
+                self._cache.put(path, file, now)
+        return file
 
     def _open_sync(self, path: str) -> DiskFile:
         """Runs in the thread pool: resolve, confine, open, check, maybe read."""
@@ -102,6 +153,12 @@ class DiskStorage:
             raise
         os.close(fd)
         return DiskFile(len(data), mtime, None, data, self._chunk)
+
+    async def start(self) -> None:
+        return None
+
+    async def redirect_url(self, path: str, content_type: str, disposition: str) -> str:
+        raise NotImplementedError("disk storage streams; it does not redirect")
 
     async def ready(self) -> bool:
         return await _readable_dir(self.root)
