@@ -31,7 +31,6 @@ from .ranges import RangeNotSatisfiable, Span, content_range, parse_range
 from .resolver import Resolver, Unresolved
 from .storage import DEFAULT_FAILURE_STATUS, FAILURE_STATUS, Storage, StorageUnavailable, StoredFile
 from .storage.disk import DiskStorage
-from .storage.s3 import S3Storage
 
 log = logging.getLogger("gateway.edge")
 
@@ -341,6 +340,9 @@ def build_storages(settings: Settings) -> list[Storage]:
                 DiskStorage(spec.root, settings.chunk_size, settings.disk_cache_seconds, settings.disk_cache_bytes)
             )
         else:
+            # Imported here: botocore costs ~40 MiB per worker that disk-only deployments need not pay.
+            from .storage.s3 import S3Storage
+
             storages.append(S3Storage(spec, settings.s3, settings.chunk_size))
     return storages
 
