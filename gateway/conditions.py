@@ -8,6 +8,7 @@ strong (they change with size and modification time), as nginx's are.
 from __future__ import annotations
 
 import re
+from datetime import timezone
 from email.utils import parsedate_to_datetime
 
 _ETAG = re.compile(r'(W/)?"([^"]*)"')
@@ -20,7 +21,8 @@ def http_date_seconds(value: str) -> int | None:
     except (TypeError, ValueError, IndexError):
         return None
     if parsed.tzinfo is None:
-        return None
+        # asctime dates carry no zone; RFC 9110 §5.6.7 says they are UTC.
+        parsed = parsed.replace(tzinfo=timezone.utc)
     return int(parsed.timestamp())
 
 

@@ -152,6 +152,8 @@ def _storage_entries(setting: str, value: object) -> list[object]:
 
 
 def _as_int(setting: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(setting, f"{value!r} is not a whole number")
     try:
         number = int(value)  # type: ignore[call-overload]
     except (TypeError, ValueError):
@@ -293,10 +295,17 @@ def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | 
         config_file = Path(env[CONFIG_FILE_ENV])
     values: dict[str, object] = _read_file(config_file) if config_file else {}
     origin = {name: f"{name} in {config_file}" for name in values}
-    for name, variable in _SETTINGS.items():
-        if env.get(variable, "").strip():
-            values[name] = env[variable]
-            origin[name] = variable
+    from_env = {name for name, variable in _SETTINGS.items() if env.get(variable, "").strip()}
+    if {"key", "key_file"} <= from_env or {"key", "key_file"} <= values.keys() - from_env:
+        where_both = "the environment" if {"key", "key_file"} <= from_env else str(config_file)
+        raise ConfigError("GATEWAY_KEY", f"both a key and a key file are set in {where_both}; keep one")
+    if from_env & {"key", "key_file"}:
+        # A key given in the environment replaces the file's, whichever form either takes.
+        values.pop("key", None)
+        values.pop("key_file", None)
+    for name in from_env:
+        values[name] = env[_SETTINGS[name]]
+        origin[name] = _SETTINGS[name]
 
     def where(name: str) -> str:
         return origin.get(name, _SETTINGS[name])

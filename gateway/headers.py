@@ -56,14 +56,15 @@ def content_disposition(name: str, inline: bool) -> str:
     """RFC 6266 disposition with an ASCII fallback and a UTF-8 `filename*`.
 
     Old clients read `filename`, every current browser prefers `filename*`,
-    so Cyrillic names survive while nothing breaks for the rest.
+    so Cyrillic names survive while nothing breaks for the rest. Names with
+    `%` get `filename*` too: some browsers percent-decode plain `filename`.
     """
     kind = "inline" if inline else "attachment"
     fallback = "".join(
         c if " " <= c <= "~" and c not in '"\\' else "_" for c in name
     )
     value = f'{kind}; filename="{fallback}"'
-    if fallback != name:
+    if fallback != name or "%" in name:
         value += f"; filename*=UTF-8''{quote(name, safe=_ATTR_SAFE)}"
     return value
 

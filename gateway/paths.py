@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 
 MAX_PATH_BYTES = 4096
-_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls, DEL, and the Unicode line/paragraph separators: none
+# belongs in a recording name, and all of them can forge or break log lines.
+_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class PathRefused(ValueError):

@@ -12,6 +12,12 @@ Span = tuple[int, int]
 """A half-open byte span [start, stop)."""
 
 _SPEC = re.compile(r"\s*(\d*)-(\d*)\s*")
+# Positions beyond any real file; also keeps int() away from 4300-digit strings.
+_HUGE = 2**63
+
+
+def _position(digits: str) -> int:
+    return int(digits) if len(digits) < 19 else _HUGE
 
 
 class RangeNotSatisfiable(Exception):
@@ -40,14 +46,14 @@ def parse_range(header: str, size: int, max_ranges: int) -> tuple[Span, ...] | N
             return None
         first, last = match.groups()
         if first:
-            start = int(first)
-            if last and int(last) < start:
+            start = _position(first)
+            if last and _position(last) < start:
                 return None
             if start >= size:
                 continue
-            stop = min(int(last) + 1, size) if last else size
+            stop = min(_position(last) + 1, size) if last else size
         elif last:
-            suffix = int(last)
+            suffix = _position(last)
             if suffix == 0 or size == 0:
                 continue
             start, stop = max(size - suffix, 0), size

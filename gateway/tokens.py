@@ -21,6 +21,7 @@ KEY_BYTES = 32
 MIN_TOKEN_CHARS = 22
 MAX_TOKEN_CHARS = 5600
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+_HEX_KEY = re.compile(r"[0-9A-Fa-f]{64}")
 
 
 class TokenError(ValueError):
@@ -36,7 +37,7 @@ def parse_key(text: str) -> bytes:
     text = text.strip()
     if text.startswith("base64:"):
         try:
-            raw = base64.b64decode(text[7:], validate=True)
+            raw = base64.b64decode(text[7:].strip(), validate=True)
         except binascii.Error:
             raise ValueError("base64: key is not valid base64") from None
         if len(raw) != KEY_BYTES:
@@ -44,10 +45,10 @@ def parse_key(text: str) -> bytes:
         return raw
     if len(text) != 2 * KEY_BYTES:
         raise ValueError(f"key has {len(text)} characters, expected 64 hex digits or base64:…")
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        raise ValueError("key is not hexadecimal") from None
+    # bytes.fromhex() skips whitespace: a key with inner spaces would come out short.
+    if not _HEX_KEY.fullmatch(text):
+        raise ValueError("key is not 64 hexadecimal digits")
+    return bytes.fromhex(text)
 
 
 def format_key(key: bytes) -> str:
