@@ -8,7 +8,7 @@ strong (they change with size and modification time), as nginx's are.
 from __future__ import annotations
 
 import re
-from datetime import timezone
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 _ETAG = re.compile(r'(W/)?"([^"]*)"')
@@ -22,7 +22,7 @@ def http_date_seconds(value: str) -> int | None:
         return None
     if parsed.tzinfo is None:
         # asctime dates carry no zone; RFC 9110 §5.6.7 says they are UTC.
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return int(parsed.timestamp())
 
 

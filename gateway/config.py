@@ -67,6 +67,8 @@ class Settings:
     public_url: str | None = None
     s3: S3Client = field(default_factory=S3Client)
     api_clients: str | None = None
+    revocation_file: Path | None = None
+    require_signed: bool = False
     cache_control: str = "private, max-age=3600"
     max_ranges: int = 16
     chunk_size: int = 256 * 1024
@@ -90,6 +92,8 @@ _SETTINGS = {
     "s3.max_attempts": "GATEWAY_S3_MAX_ATTEMPTS",
     "s3.max_pool_connections": "GATEWAY_S3_MAX_POOL_CONNECTIONS",
     "api_clients": "GATEWAY_API_CLIENTS",
+    "revocation_file": "GATEWAY_REVOCATION_FILE",
+    "edge.require_signed": "GATEWAY_REQUIRE_SIGNED",
     "edge.cache_control": "GATEWAY_CACHE_CONTROL",
     "edge.max_ranges": "GATEWAY_MAX_RANGES",
     "edge.chunk_size": "GATEWAY_CHUNK_SIZE",
@@ -143,7 +147,9 @@ def _as_list(setting: str, value: object) -> list[str]:
 def _storage_entries(setting: str, value: object) -> list[object]:
     """Storage entries keep TOML tables whole; strings split on commas."""
     if isinstance(value, list):
-        entries = [item for entry in value for item in (_as_list(setting, entry) if isinstance(entry, str) else [entry])]
+        entries = [
+            item for entry in value for item in (_as_list(setting, entry) if isinstance(entry, str) else [entry])
+        ]
     else:
         entries = list(_as_list(setting, value))
     if not entries:
@@ -212,7 +218,7 @@ def _storage(setting: str, entry: object) -> StorageSpec:
         options = {k: v for k, v in entry.items() if k != "url"}
         url = entry.get("url")
         if not isinstance(url, str):
-            raise ConfigError(setting, "a storage table needs url = \"file:///…\" or \"s3://…\"")
+            raise ConfigError(setting, 'a storage table needs url = "file:///…" or "s3://…"')
     elif isinstance(entry, str):
         url, options = entry, {}
     else:
@@ -235,7 +241,9 @@ def _storage(setting: str, entry: object) -> StorageSpec:
     if parts.scheme == "s3":
         unknown = sorted(set(options) - _S3_OPTIONS)
         if unknown:
-            raise ConfigError(setting, f"{url}: unknown option {unknown[0]!r} (known: {', '.join(sorted(_S3_OPTIONS))})")
+            raise ConfigError(
+                setting, f"{url}: unknown option {unknown[0]!r} (known: {', '.join(sorted(_S3_OPTIONS))})"
+            )
         if not _BUCKET.fullmatch(parts.netloc):
             raise ConfigError(setting, f"{url}: {parts.netloc!r} is not a valid bucket name")
         prefix = unquote(parts.path).strip("/")
@@ -278,6 +286,15 @@ def _s3_client(values: Mapping[str, object], where: Callable[[str], str]) -> S3C
             10000,
         ),
     )
+
+
+def _revocation_file(setting: str, value: object) -> Path | None:
+    if value is None:
+        return None
+    path = Path(str(value))
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise ConfigError(setting, f"{path} is not a readable file (create it empty to revoke nothing)")
+    return path.resolve()
 
 
 def _configured_keys(values: Mapping[str, object], where: Callable[[str], str]) -> tuple[bytes, ...]:
@@ -335,6 +352,8 @@ def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | 
         storages=storages,
         public_url=public_url,
         s3=_s3_client(values, where),
+        revocation_file=_revocation_file(where("revocation_file"), values.get("revocation_file")),
+        require_signed=_as_bool(where("edge.require_signed"), values.get("edge.require_signed", False)),
         api_clients=values.get("api_clients") and str(values["api_clients"]),
         cache_control=cache_control,
         max_ranges=_as_int(where("edge.max_ranges"), values.get("edge.max_ranges", Settings.max_ranges), 1, 1000),

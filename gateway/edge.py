@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -29,6 +30,8 @@ from .metrics import REJECTED, STORAGE_ERRORS
 from .multipart import multipart_plan, new_boundary
 from .ranges import RangeNotSatisfiable, Span, content_range, parse_range
 from .resolver import Resolver, Unresolved
+from .revocation import Revocations
+from .signing import SIGNATURE, LinkRefused, LinkSigner
 from .storage import DEFAULT_FAILURE_STATUS, FAILURE_STATUS, Storage, StorageUnavailable, StoredFile
 from .storage.disk import DiskStorage
 
@@ -86,13 +89,11 @@ class Representation:
     validators: Headers  # sent with 304
 
 
-def _query_flag(query: bytes, name: bytes) -> bool:
-    """Whether `name=<true>` is in the query string, without parsing all of it."""
-    for pair in query.split(b"&"):
-        key, _, value = pair.partition(b"=")
-        if key == name:
-            return value.decode("latin-1").lower() in _TRUE
-    return False
+def _query_params(query: bytes) -> dict[str, str]:
+    """The query string as a dict (last value wins); most links have none."""
+    if not query:
+        return {}
+    return dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
 
 
 class Edge:
@@ -102,6 +103,8 @@ class Edge:
         self.settings = settings
         self.storages = tuple(storages)
         self.resolver = Resolver(settings.keys, self.storages)
+        self.signer = LinkSigner(settings.keys)
+        self.revocations = Revocations(settings.revocation_file)
         self.representation = lru_cache(maxsize=4096)(self._representation)
         self.control = Starlette(
             routes=[Route("/healthz", self.healthz), Route("/readyz", self.readyz)],
@@ -123,6 +126,9 @@ class Edge:
             for storage in self.storages:
                 await storage.start()
                 stack.push_async_callback(storage.aclose)
+            await self.revocations.load()
+            watcher = asyncio.create_task(self.revocations.watch())
+            stack.callback(watcher.cancel)
             yield
 
     async def healthz(self, request: Request) -> PlainTextResponse:
@@ -136,9 +142,9 @@ class Edge:
 
     # -- the file route ----------------------------------------------------
 
-    def _representation(self, path: str, etag: str, mtime: int, inline: bool) -> Representation:
-        name = path.rpartition("/")[2]
-        content_type = media_type(name)
+    def _representation(self, path: str, name: str, etag: str, mtime: int, inline: bool) -> Representation:
+        """Headers for one version of a file as one link presents it (`name`, `inline`)."""
+        content_type = media_type(path)
         validators = [
             (b"etag", etag.encode()),
             (b"last-modified", http_date(mtime).encode()),
@@ -159,32 +165,46 @@ class Edge:
             await _send_pair(send, METHOD_NOT_ALLOWED)
             return
         token = scope["path"][1:]
+        params = _query_params(scope["query_string"])
+        signed = SIGNATURE in params
+        if signed or self.settings.require_signed:
+            try:
+                if not signed:
+                    raise LinkRefused(403, "unsigned", "unsigned links are refused (require_signed)")
+                self.signer.verify(token, params)
+            except LinkRefused as exc:
+                await _reject(send, token, exc.reason, str(exc), exc.status)
+                return
         try:
             file, path, storage = await self.resolver.open(token)
         except Unresolved as exc:
-            log.info("rejected token=%s reason=%s: %s", token[:8], exc.reason, exc)
-            REJECTED.labels(exc.reason).inc()
-            await _send_pair(send, NOT_FOUND)
+            await _reject(send, token, exc.reason, str(exc), 404)
             return
         except StorageUnavailable as exc:
             await _send_pair(send, _storage_failure(exc))
             return
         try:
+            if self.revocations.revoked(token, path):
+                await _reject(send, token, "revoked", "link or file revoked", 410)
+                return
+            inline = params.get("inline", "").lower() in _TRUE
+            # Only a signed link may rename the download: the name is part of what was signed.
+            name = (signed and params.get("filename", "").rpartition("/")[2]) or path.rpartition("/")[2]
             if storage.redirects:
-                await self._redirect(scope, send, storage, path)
+                await self._redirect(send, storage, path, name, inline)
             else:
-                await self._respond(scope, receive, send, file, path)
+                await self._respond(
+                    scope, receive, send, file, self.representation(path, name, file.etag, file.mtime, inline)
+                )
         except StorageUnavailable as exc:
             log.error("storage %s failed while streaming token=%s kind=%s: %s", storage.label, token[:8], exc.kind, exc)
             STORAGE_ERRORS.labels(storage.label, exc.kind).inc()
         finally:
             await file.close()
 
-    async def _redirect(self, scope: Scope, send: Send, storage: Storage, path: str) -> None:
+    async def _redirect(self, send: Send, storage: Storage, path: str, name: str, inline: bool) -> None:
         """Hand the download to the store itself, with our name and type."""
-        inline = bool(scope["query_string"]) and _query_flag(scope["query_string"], b"inline")
-        name = path.rpartition("/")[2]
-        location = await storage.redirect_url(path, media_type(name), content_disposition(name, inline))
+        location = await storage.redirect_url(path, media_type(path), content_disposition(name, inline))
         await send(
             {
                 "type": "http.response.start",
@@ -199,11 +219,9 @@ class Edge:
         )
         await send({"type": "http.response.body", "body": b""})
 
-    async def _respond(self, scope: Scope, receive: Receive, send: Send, file: StoredFile, path: str) -> None:
+    async def _respond(self, scope: Scope, receive: Receive, send: Send, file: StoredFile, rep: Representation) -> None:
         method = scope["method"]
         request_headers = dict(scope["headers"])
-        inline = bool(scope["query_string"]) and _query_flag(scope["query_string"], b"inline")
-        rep = self.representation(path, file.etag, file.mtime, inline)
 
         if any(name in request_headers for name in _CONDITIONAL):
             status = precondition_status(
@@ -302,6 +320,16 @@ class Edge:
         if start:
             await send(start)
         await send({"type": "http.response.body", "body": held or b""})
+
+
+_REFUSALS = {404: NOT_FOUND, 403: _plain(403, "Forbidden"), 410: _plain(410, "Gone")}
+
+
+async def _reject(send: Send, token: str, reason: str, detail: str, status: int) -> None:
+    """Refuse a link: the reason goes to the log (token cut to 8) and the metric, never to the client."""
+    log.info("rejected token=%s reason=%s: %s", token[:8], reason, detail)
+    REJECTED.labels(reason).inc()
+    await _send_pair(send, _REFUSALS[status])
 
 
 async def _send_pair(send: Send, pair: tuple[Message, Message]) -> None:

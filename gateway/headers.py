@@ -60,9 +60,7 @@ def content_disposition(name: str, inline: bool) -> str:
     `%` get `filename*` too: some browsers percent-decode plain `filename`.
     """
     kind = "inline" if inline else "attachment"
-    fallback = "".join(
-        c if " " <= c <= "~" and c not in '"\\' else "_" for c in name
-    )
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in name)
     value = f'{kind}; filename="{fallback}"'
     if fallback != name or "%" in name:
         value += f"; filename*=UTF-8''{quote(name, safe=_ATTR_SAFE)}"

@@ -30,8 +30,8 @@ def parse_range(header: str, size: int, max_ranges: int) -> tuple[Span, ...] | N
     None covers every case RFC 9110 lets a server ignore the field: a unit
     other than bytes, a syntactically invalid set, and (as nginx's
     `max_ranges`) more ranges than we are willing to serve. Overlapping and
-    adjacent spans are coalesced in ascending order, so a request cannot make
-    the response larger than the file.
+    adjacent spans are coalesced, so a request cannot make the response
+    larger than the file.
     """
     unit, sep, range_set = header.partition("=")
     if not sep or unit.strip().lower() != "bytes":
@@ -54,8 +54,11 @@ def parse_range(header: str, size: int, max_ranges: int) -> tuple[Span, ...] | N
             stop = min(_position(last) + 1, size) if last else size
         elif last:
             suffix = _position(last)
-            if suffix == 0 or size == 0:
+            if suffix == 0:
                 continue
+            if size == 0:
+                # The one satisfiable range of an empty file (RFC 9110 §14.1.2): send it whole.
+                return None
             start, stop = max(size - suffix, 0), size
         else:
             return None
@@ -66,16 +69,24 @@ def parse_range(header: str, size: int, max_ranges: int) -> tuple[Span, ...] | N
 
 
 def coalesce(spans: list[Span]) -> tuple[Span, ...]:
-    """Merge overlapping and touching spans, in ascending order."""
-    spans.sort()
-    merged = [spans[0]]
-    for start, stop in spans[1:]:
-        last_start, last_stop = merged[-1]
-        if start <= last_stop:
-            merged[-1] = (last_start, max(last_stop, stop))
-        else:
-            merged.append((start, stop))
-    return tuple(merged)
+    """Merge overlapping and touching spans, keeping the order of the request.
+
+    RFC 9110 §15.3.7.2: parts SHOULD follow the order of the range-specs,
+    a coalesced part standing where the first of its specs stood.
+    """
+    parts: list[Span] = []
+    for start, stop in spans:
+        kept: list[Span] = []
+        position: int | None = None
+        for other_start, other_stop in parts:
+            if other_start <= stop and start <= other_stop:
+                start, stop = min(start, other_start), max(stop, other_stop)
+                position = len(kept) if position is None else position
+            else:
+                kept.append((other_start, other_stop))
+        kept.insert(len(kept) if position is None else position, (start, stop))
+        parts = kept
+    return tuple(parts)
 
 
 def content_range(span: Span, size: int) -> str:
