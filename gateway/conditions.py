@@ -18,7 +18,7 @@ def http_date_seconds(value: str) -> int | None:
     """Seconds since the epoch for an HTTP date, or None if it is not one."""
     try:
         parsed = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if parsed.tzinfo is None:
         # asctime dates carry no zone; RFC 9110 §5.6.7 says they are UTC.

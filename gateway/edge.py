@@ -246,7 +246,7 @@ class Edge:
         range_header = request_headers.get(b"range")
         if range_header is not None and method == "GET":
             if_range = request_headers.get(b"if-range")
-            if if_range_allows(if_range and if_range.decode("latin-1"), rep.etag, rep.mtime):
+            if if_range_allows(None if if_range is None else if_range.decode("latin-1"), rep.etag, rep.mtime):
                 try:
                     spans = parse_range(range_header.decode("latin-1"), file.size, self.settings.max_ranges)
                 except RangeNotSatisfiable:

@@ -26,6 +26,8 @@ from . import NotFound, StorageUnavailable
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
 _MISSING = (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG)
+# Sockets and device nodes without a driver cannot be opened: not files we serve.
+_NOT_FILES = (errno.ENXIO, errno.ENODEV)
 _close = wrap(os.close)
 
 
@@ -182,6 +184,8 @@ def _read_exactly(fd: int, size: int) -> bytes:
 def _not_found_or_failure(exc: OSError) -> Exception:
     if exc.errno in _MISSING:
         return NotFound("not_found")
+    if exc.errno in _NOT_FILES:
+        return NotFound("not_file", "not a regular file")
     if exc.errno == errno.ELOOP:
         return NotFound("symlink", "symlink changed while opening")
     if exc.errno == errno.EACCES:

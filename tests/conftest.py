@@ -1,0 +1,64 @@
+"""Session fixtures for the end-to-end tests: a storage folder, the gateway, nginx.
+
+One storage folder serves every end-to-end module; the gateway and nginx both
+serve it (nginx at `/files/`), so responses can be compared byte for byte.
+Modules that need odd files (FIFOs, symlinks, a 256 MiB file) add them under
+their own subdirectory of the same root.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # `servers` imports whatever the test package layout
+
+from servers import (  # noqa: E402
+    SECRET_MARKER,
+    Gateway,
+    Nginx,
+    Storage,
+    fill_storage,
+    new_key,
+    running_gateway,
+    running_nginx,
+)
+
+
+@pytest.fixture(scope="session")
+def storage(tmp_path_factory: pytest.TempPathFactory) -> Storage:
+    base = tmp_path_factory.mktemp("edge")
+    root = base / "storage"
+    outside = base / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "secret").write_bytes(SECRET_MARKER + b"\n")
+    (base / "secret").write_bytes(SECRET_MARKER + b"\n")
+    result = Storage(root=root, outside=outside)
+    fill_storage(result)
+    return result
+
+
+@pytest.fixture(scope="session")
+def gateway(storage: Storage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """One `storage-gateway serve` process (one worker) over the storage folder."""
+    with running_gateway(storage.root, [new_key()], tmp_path_factory.mktemp("gateway")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def rotating_gateway(storage: Storage, gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A second process with two keys: a new one first, then the main gateway's (old) key."""
+    keys = [new_key(), gateway.key]
+    with running_gateway(storage.root, keys, tmp_path_factory.mktemp("gateway-rotation")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def nginx(storage: Storage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
+    """A real nginx serving the same storage folder at /files/."""
+    with running_nginx(storage.root, tmp_path_factory.mktemp("nginx")) as running:
+        yield running
