@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import secrets
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from . import __version__
-from .config import CONFIG_FILE_ENV, ConfigError, Settings, load_settings
+from .config import CONFIG_FILE_ENV, MULTIPROC_ENV, ConfigError, Settings, load_settings
 from .devdefaults import SAMPLE_PATHS
 from .paths import PathRefused, confine
 from .tokens import KEY_BYTES, TokenError, decrypt_token, encrypt_path, format_key
@@ -31,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--metrics-port", type=int, metavar="PORT", help="serve /metrics on this port only (keep it private)"
+    )
 
     link = command("link", "make or read a link token")
     link_commands = link.add_subparsers(dest="link_command", required=True, metavar="ACTION")
@@ -89,39 +96,73 @@ def _decrypt(token_or_url: str, settings: Settings) -> int:
     return 0
 
 
-def _log_config(access_log: bool) -> dict:
+def _log_config() -> dict:
+    """uvicorn's logging, plus ours: text on stderr, JSON access lines alone on stdout."""
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["bare"] = {"format": "%(message)s"}
+    config["handlers"]["access_json"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "bare",
+        "stream": "ext://sys.stdout",
+    }
     config["loggers"]["gateway"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    config["loggers"]["gateway.access"] = {"handlers": ["access_json"], "level": "INFO", "propagate": False}
     return config
+
+
+@contextlib.contextmanager
+def _metrics_directory() -> Iterator[None]:
+    """A fresh prometheus multiprocess directory for this run, removed at exit.
+
+    Set before anything imports prometheus-client (it picks its storage at
+    import time); an operator-provided PROMETHEUS_MULTIPROC_DIR is used as is.
+    """
+    if os.environ.get(MULTIPROC_ENV):
+        Path(os.environ[MULTIPROC_ENV]).mkdir(parents=True, exist_ok=True)
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="storage-gateway-metrics-")
+    os.environ[MULTIPROC_ENV] = directory
+    try:
+        yield
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from .edge import create_app
-
     if settings.dev_dir is not None:
         _print_dev_banner(settings, args.host, args.port)
-    common = dict(
-        host=args.host,
-        port=args.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=settings.access_log,
-        server_header=False,
-        log_config=_log_config(settings.access_log),
-    )
-    if args.workers == 1:
-        uvicorn.run(create_app(settings), **common)
-        return 0
     # Workers are fresh interpreters: they re-read the same configuration.
     if args.config:
         os.environ[CONFIG_FILE_ENV] = str(args.config.resolve())
     if settings.dev_dir is not None:
         os.environ["GATEWAY_DEV_DIR"] = str(settings.dev_dir)
-    uvicorn.run("gateway.edge:create_app", factory=True, workers=args.workers, **common)
+    with _metrics_directory():
+        from .edge import METRICS_PORT_ENV, create_app
+        from .metrics import serve_on_port
+
+        if args.metrics_port:
+            os.environ[METRICS_PORT_ENV] = str(args.metrics_port)
+            serve_on_port(args.host, args.metrics_port)
+        options = dict(
+            host=args.host,
+            port=args.port,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,  # ours is structured: gateway.access
+            proxy_headers=False,  # X-Forwarded-For is honoured from trusted proxies only, by us
+            server_header=False,
+            timeout_graceful_shutdown=settings.drain_seconds,
+            log_config=_log_config(),
+        )
+        if args.workers == 1:
+            uvicorn.run(create_app(settings), **options)
+        else:
+            uvicorn.run("gateway.edge:create_app", factory=True, workers=args.workers, **options)
     return 0
 
 

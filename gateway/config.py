@@ -16,6 +16,8 @@ import re
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from . import devdefaults
+from .accesslog import parse_networks
+from .paths import PathRefused, confine
 from .tokens import parse_key
 
 
@@ -29,9 +31,14 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class FileStorage:
-    """A local directory holding recordings (`file:///abs/dir`)."""
+    """A local directory holding recordings (`file:///abs/dir`).
+
+    `accel_redirect`: an nginx internal location (`/_recordings/`) that
+    serves this directory; files are then handed to nginx to send.
+    """
 
     root: Path
+    accel_redirect: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,14 +68,37 @@ class S3Client:
 
 
 @dataclass(frozen=True)
+class ApiClient:
+    """One link-API client: its id, the SHA-256 of its bearer token, the paths it may link to.
+
+    `prefix` is confined and ends with `/` (`300/`), or is empty for the whole storage.
+    """
+
+    id: str
+    token_sha256: bytes = field(repr=False)
+    prefix: str
+
+    @property
+    def display_prefix(self) -> str:
+        return "/" + self.prefix
+
+    def allows(self, confined_path: str) -> bool:
+        """Whether a confined path (`300/x.mp3`) lies under this client's prefix."""
+        return confined_path.startswith(self.prefix)
+
+
+@dataclass(frozen=True)
 class Settings:
     keys: tuple[bytes, ...] = field(repr=False)
     storages: tuple[StorageSpec, ...]
     public_url: str | None = None
     s3: S3Client = field(default_factory=S3Client)
-    api_clients: str | None = None
+    api_clients: str | None = None  # as configured (comma-separated); `clients` is the parsed form
+    clients: tuple[ApiClient, ...] = ()
     revocation_file: Path | None = None
     require_signed: bool = False
+    drain_seconds: float = 30.0
+    trusted_proxies: tuple[str, ...] = ()
     cache_control: str = "private, max-age=3600"
     max_ranges: int = 16
     chunk_size: int = 256 * 1024
@@ -92,8 +122,11 @@ _SETTINGS = {
     "s3.max_attempts": "GATEWAY_S3_MAX_ATTEMPTS",
     "s3.max_pool_connections": "GATEWAY_S3_MAX_POOL_CONNECTIONS",
     "api_clients": "GATEWAY_API_CLIENTS",
+    "api.clients": "GATEWAY_API_CLIENTS",  # the same list, spelled as [api] clients in the file
     "revocation_file": "GATEWAY_REVOCATION_FILE",
     "edge.require_signed": "GATEWAY_REQUIRE_SIGNED",
+    "edge.drain_seconds": "GATEWAY_DRAIN_SECONDS",
+    "edge.trusted_proxies": "GATEWAY_TRUSTED_PROXIES",
     "edge.cache_control": "GATEWAY_CACHE_CONTROL",
     "edge.max_ranges": "GATEWAY_MAX_RANGES",
     "edge.chunk_size": "GATEWAY_CHUNK_SIZE",
@@ -102,6 +135,8 @@ _SETTINGS = {
     "disk.cache_bytes": "GATEWAY_DISK_CACHE_BYTES",
 }
 CONFIG_FILE_ENV = "GATEWAY_CONFIG"
+# prometheus-client's multiprocess directory: set by `serve` for its workers.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
@@ -226,8 +261,12 @@ def _storage(setting: str, entry: object) -> StorageSpec:
     parts = urlsplit(url)
     options.update(parse_qsl(parts.query, keep_blank_values=True))
     if parts.scheme == "file":
-        if options:
-            raise ConfigError(setting, f"{url}: file storage takes no options ({', '.join(sorted(options))})")
+        unknown = sorted(set(options) - {"accel_redirect"})
+        if unknown:
+            raise ConfigError(setting, f"{url}: unknown option {unknown[0]!r} (known: accel_redirect)")
+        accel = options.get("accel_redirect") or None
+        if accel is not None and not (isinstance(accel, str) and accel.startswith("/") and accel.endswith("/")):
+            raise ConfigError(setting, f"{url}: accel_redirect must be an nginx location like /_recordings/")
         if parts.netloc not in ("", "localhost"):
             raise ConfigError(setting, f"{url}: file URLs name a local directory (file:///abs/dir)")
         root = Path(unquote(parts.path))
@@ -237,7 +276,7 @@ def _storage(setting: str, entry: object) -> StorageSpec:
             raise ConfigError(setting, f"{url}: {root} does not exist or is not a directory")
         if not os.access(root, os.R_OK | os.X_OK):
             raise ConfigError(setting, f"{url}: {root} is not readable by this process")
-        return FileStorage(root=root.resolve())
+        return FileStorage(root=root.resolve(), accel_redirect=accel)
     if parts.scheme == "s3":
         unknown = sorted(set(options) - _S3_OPTIONS)
         if unknown:
@@ -288,6 +327,71 @@ def _s3_client(values: Mapping[str, object], where: Callable[[str], str]) -> S3C
     )
 
 
+def _trusted_proxies(setting: str, value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    items = _as_list(setting, value)
+    try:
+        parse_networks(items)
+    except ValueError as exc:
+        raise ConfigError(setting, str(exc)) from None
+    return tuple(items)
+
+
+_CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+_SHA256_HEX = re.compile(r"[0-9A-Fa-f]{64}")
+
+
+def _api_client_entries(setting: str, value: object) -> list[str]:
+    """A comma-separated string or a TOML array of strings; empty means no clients."""
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+        items = [part for item in value for part in item.split(",")]
+    else:
+        raise ConfigError(setting, "expected a string or a list of strings (id:sha256hex:/prefix/)")
+    return [item.strip() for item in items if item.strip()]
+
+
+def api_client(entry: str) -> ApiClient:
+    """Parse one `id:sha256hex(bearer token):/allowed/prefix/`; ValueError says what is wrong."""
+    parts = entry.split(":", 2)
+    if len(parts) != 3:
+        raise ValueError(f"{entry[:40]!r} is not id:sha256hex:/prefix/")
+    client_id, digest, prefix = (part.strip() for part in parts)
+    if not _CLIENT_ID.fullmatch(client_id):
+        raise ValueError(f"client id {client_id[:40]!r} must be 1-64 letters, digits, '.', '_', '@' or '-'")
+    if len(digest) != 64:
+        raise ValueError(f"client {client_id!r}: token hash has {len(digest)} characters, expected 64 hex digits")
+    if not _SHA256_HEX.fullmatch(digest):
+        raise ValueError(f"client {client_id!r}: token hash is not hexadecimal")
+    if not prefix.startswith("/"):
+        raise ValueError(f"client {client_id!r}: prefix {prefix!r} must start with /")
+    if prefix.strip("/") == "":
+        confined = ""
+    else:
+        try:
+            confined = confine(prefix) + "/"
+        except PathRefused as exc:
+            raise ValueError(f"client {client_id!r}: prefix {prefix!r} refused: {exc}") from None
+    return ApiClient(id=client_id, token_sha256=bytes.fromhex(digest), prefix=confined)
+
+
+def _api_clients(setting: str, value: object) -> tuple[ApiClient, ...]:
+    if value is None:
+        return ()
+    clients: list[ApiClient] = []
+    for number, entry in enumerate(_api_client_entries(setting, value), 1):
+        try:
+            client = api_client(entry)
+        except ValueError as exc:
+            raise ConfigError(setting, f"entry {number}: {exc}") from None
+        if any(client.id == seen.id for seen in clients):
+            raise ConfigError(setting, f"entry {number}: duplicate client id {client.id!r}")
+        clients.append(client)
+    return tuple(clients)
+
+
 def _revocation_file(setting: str, value: object) -> Path | None:
     if value is None:
         return None
@@ -312,10 +416,16 @@ def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | 
         config_file = Path(env[CONFIG_FILE_ENV])
     values: dict[str, object] = _read_file(config_file) if config_file else {}
     origin = {name: f"{name} in {config_file}" for name in values}
+    if "api.clients" in values:
+        if "api_clients" in values:
+            raise ConfigError("api_clients", f"both api_clients and [api] clients are set in {config_file}; keep one")
+        values["api_clients"] = values.pop("api.clients")
+        origin["api_clients"] = f"[api] clients in {config_file}"
     from_env = {name for name, variable in _SETTINGS.items() if env.get(variable, "").strip()}
     if {"key", "key_file"} <= from_env or {"key", "key_file"} <= values.keys() - from_env:
         where_both = "the environment" if {"key", "key_file"} <= from_env else str(config_file)
         raise ConfigError("GATEWAY_KEY", f"both a key and a key file are set in {where_both}; keep one")
+    from_env.discard("api.clients")  # GATEWAY_API_CLIENTS sets api_clients
     if from_env & {"key", "key_file"}:
         # A key given in the environment replaces the file's, whichever form either takes.
         values.pop("key", None)
@@ -354,7 +464,14 @@ def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | 
         s3=_s3_client(values, where),
         revocation_file=_revocation_file(where("revocation_file"), values.get("revocation_file")),
         require_signed=_as_bool(where("edge.require_signed"), values.get("edge.require_signed", False)),
-        api_clients=values.get("api_clients") and str(values["api_clients"]),
+        drain_seconds=_as_seconds(
+            where("edge.drain_seconds"), values.get("edge.drain_seconds", Settings.drain_seconds), 3600
+        ),
+        trusted_proxies=_trusted_proxies(where("edge.trusted_proxies"), values.get("edge.trusted_proxies")),
+        api_clients=",".join(_api_client_entries(where("api_clients"), values["api_clients"]))
+        if values.get("api_clients")
+        else None,
+        clients=_api_clients(where("api_clients"), values.get("api_clients")),
         cache_control=cache_control,
         max_ranges=_as_int(where("edge.max_ranges"), values.get("edge.max_ranges", Settings.max_ranges), 1, 1000),
         chunk_size=_as_int(

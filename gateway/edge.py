@@ -12,6 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -20,13 +24,25 @@ from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from .conditions import if_range_allows, precondition_status
 from .config import FileStorage, Settings, load_settings
 from .headers import content_disposition, http_date, media_type
-from .metrics import REJECTED, STORAGE_ERRORS
+from .accesslog import client_address, parse_networks
+from .accesslog import write as write_access
+from .metrics import (
+    ACTIVE_STREAMS,
+    DURATION,
+    REJECTED,
+    REQUESTS,
+    RESPONSE_BYTES,
+    STORAGE_ERRORS,
+    exposition,
+    worker_exiting,
+)
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .multipart import multipart_plan, new_boundary
 from .ranges import RangeNotSatisfiable, Span, content_range, parse_range
 from .resolver import Resolver, Unresolved
@@ -36,6 +52,7 @@ from .storage import DEFAULT_FAILURE_STATUS, FAILURE_STATUS, Storage, StorageUna
 from .storage.disk import DiskStorage
 
 log = logging.getLogger("gateway.edge")
+METRICS_PORT_ENV = "GATEWAY_METRICS_PORT"
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -78,6 +95,26 @@ def _storage_failure(exc: StorageUnavailable) -> tuple[Message, Message]:
     return STORAGE_FAILURES[FAILURE_STATUS.get(exc.kind, DEFAULT_FAILURE_STATUS)]
 
 
+class Exchange:
+    """What one edge request did, for its metrics and its access-log line."""
+
+    __slots__ = ("method", "status", "bytes", "backend", "reason", "detail", "started")
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.status = 500  # what uvicorn answers if we fail before starting a response
+        self.bytes = 0
+        self.backend = "none"
+        self.reason = ""
+        self.detail = ""
+        self.started = time.perf_counter()
+
+
+def metrics_endpoint(request: Request) -> Response:
+    """Prometheus scrape; a plain function, so Starlette runs the file reads in a thread."""
+    return Response(exposition(), media_type=METRICS_CONTENT_TYPE)
+
+
 @dataclass(frozen=True, slots=True)
 class Representation:
     """What the edge says about one version of one file, built once per version."""
@@ -99,22 +136,24 @@ def _query_params(query: bytes) -> dict[str, str]:
 class Edge:
     """ASGI entry: the token route, with the control app behind it."""
 
-    def __init__(self, settings: Settings, storages: Sequence[Storage]) -> None:
+    def __init__(self, settings: Settings, storages: Sequence[Storage], serve_metrics: bool = True) -> None:
         self.settings = settings
         self.storages = tuple(storages)
         self.resolver = Resolver(settings.keys, self.storages)
         self.signer = LinkSigner(settings.keys)
         self.revocations = Revocations(settings.revocation_file)
         self.representation = lru_cache(maxsize=4096)(self._representation)
-        self.control = Starlette(
-            routes=[Route("/healthz", self.healthz), Route("/readyz", self.readyz)],
-            lifespan=self._lifespan,
-        )
-        self._control_paths = {"/healthz", "/readyz"}
+        self.trusted_proxies = parse_networks(settings.trusted_proxies)
+        self.draining = False
+        routes = [Route("/healthz", self.healthz), Route("/readyz", self.readyz)]
+        if serve_metrics:
+            routes.append(Route("/metrics", metrics_endpoint))
+        self.control = Starlette(routes=routes, lifespan=self._lifespan)
+        self._control_paths = {route.path for route in routes}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in self._control_paths:
-            await self.serve(scope, receive, send)
+            await self.serve_measured(scope, receive, send)
         else:
             await self.control(scope, receive, send)
 
@@ -129,7 +168,31 @@ class Edge:
             await self.revocations.load()
             watcher = asyncio.create_task(self.revocations.watch())
             stack.callback(watcher.cancel)
+            stack.callback(worker_exiting)
+            self._notice_draining()
             yield
+
+    def _notice_draining(self) -> None:
+        """Turn /readyz to 503 the moment SIGTERM arrives, then let uvicorn drain.
+
+        uvicorn owns the signal handlers (it stops accepting and waits up to
+        the drain time for running downloads); we chain in front of its
+        handler rather than replace it.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(signum)
+            if not callable(previous):
+                continue
+
+            def chained(sig: int, frame: Any, previous: Callable[[int, Any], Any] = previous) -> None:
+                if not self.draining:
+                    self.draining = True
+                    log.info("draining: readiness is now 503; running downloads may finish")
+                previous(sig, frame)
+
+            signal.signal(signum, chained)
 
     async def healthz(self, request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok\n", headers={"cache-control": "no-store"})
@@ -137,7 +200,9 @@ class Edge:
     async def readyz(self, request: Request) -> PlainTextResponse:
         states = [(storage.label, await storage.ready()) for storage in self.storages]
         body = "".join(f"{label}: {'ok' if ok else 'unavailable'}\n" for label, ok in states)
-        ready = all(ok for _, ok in states)
+        ready = all(ok for _, ok in states) and not self.draining
+        if self.draining:
+            body += "draining\n"
         return PlainTextResponse(body, status_code=200 if ready else 503, headers={"cache-control": "no-store"})
 
     # -- the file route ----------------------------------------------------
@@ -159,7 +224,52 @@ class Edge:
         ]
         return Representation(content_type, etag, mtime, headers, validators)
 
-    async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def serve_measured(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """serve(), counted for the metrics and written to the access log."""
+        exchange = Exchange(scope["method"] if scope["method"] in ("GET", "HEAD") else "OTHER")
+
+        async def measured_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                exchange.status = message["status"]
+            else:
+                exchange.bytes += len(message.get("body", b""))
+            await send(message)
+
+        ACTIVE_STREAMS.inc()
+        try:
+            await self.serve(scope, receive, measured_send, exchange)
+        finally:
+            ACTIVE_STREAMS.dec()
+            duration = time.perf_counter() - exchange.started
+            REQUESTS.labels(exchange.method, str(exchange.status)).inc()
+            DURATION.labels(exchange.method).observe(duration)
+            if exchange.bytes:
+                RESPONSE_BYTES.labels(exchange.backend).inc(exchange.bytes)
+            if self.settings.access_log:
+                self._log_access(scope, exchange, duration)
+
+    def _log_access(self, scope: Scope, exchange: Exchange, duration: float) -> None:
+        headers = dict(scope["headers"])
+        client = scope.get("client")
+        fields: dict[str, object] = {
+            "method": scope["method"],
+            "status": exchange.status,
+            "bytes": exchange.bytes,
+            "duration": round(duration, 6),
+            "backend": exchange.backend,
+            "token": scope["path"][1:9],
+            "client": client_address(client and client[0], headers.get(b"x-forwarded-for"), self.trusted_proxies),
+        }
+        if exchange.reason:
+            fields["reason"] = exchange.reason
+            fields["detail"] = exchange.detail
+        if b"range" in headers:
+            fields["range"] = headers[b"range"].decode("latin-1")[:100]
+        if b"user-agent" in headers:
+            fields["user_agent"] = headers[b"user-agent"].decode("latin-1")[:200]
+        write_access(fields)
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send, exchange: Exchange) -> None:
         method = scope["method"]
         if method != "GET" and method != "HEAD":
             await _send_pair(send, METHOD_NOT_ALLOWED)
@@ -173,25 +283,27 @@ class Edge:
                     raise LinkRefused(403, "unsigned", "unsigned links are refused (require_signed)")
                 self.signer.verify(token, params)
             except LinkRefused as exc:
-                await _reject(send, token, exc.reason, str(exc), exc.status)
+                await _reject(send, exchange, token, exc.reason, str(exc), exc.status)
                 return
         try:
             file, path, storage = await self.resolver.open(token)
         except Unresolved as exc:
-            await _reject(send, token, exc.reason, str(exc), 404)
+            await _reject(send, exchange, token, exc.reason, str(exc), 404)
             return
         except StorageUnavailable as exc:
+            exchange.reason, exchange.detail = "storage", exc.kind
             await _send_pair(send, _storage_failure(exc))
             return
+        exchange.backend = storage.label
         try:
             if self.revocations.revoked(token, path):
-                await _reject(send, token, "revoked", "link or file revoked", 410)
+                await _reject(send, exchange, token, "revoked", "link or file revoked", 410)
                 return
             inline = params.get("inline", "").lower() in _TRUE
             # Only a signed link may rename the download: the name is part of what was signed.
             name = (signed and params.get("filename", "").rpartition("/")[2]) or path.rpartition("/")[2]
-            if storage.redirects:
-                await self._redirect(send, storage, path, name, inline)
+            if storage.handoff is not None:
+                await self._handoff(send, storage, path, name, inline)
             else:
                 await self._respond(
                     scope, receive, send, file, self.representation(path, name, file.etag, file.mtime, inline)
@@ -199,24 +311,34 @@ class Edge:
         except StorageUnavailable as exc:
             log.error("storage %s failed while streaming token=%s kind=%s: %s", storage.label, token[:8], exc.kind, exc)
             STORAGE_ERRORS.labels(storage.label, exc.kind).inc()
+            exchange.reason, exchange.detail = "storage", exc.kind
         finally:
             await file.close()
 
-    async def _redirect(self, send: Send, storage: Storage, path: str, name: str, inline: bool) -> None:
-        """Hand the download to the store itself, with our name and type."""
-        location = await storage.redirect_url(path, media_type(path), content_disposition(name, inline))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 302,
-                "headers": [
-                    (b"location", location.encode("latin-1")),
-                    (b"cache-control", b"no-store"),
-                    (b"content-length", b"0"),
-                    _NOSNIFF,
-                ],
-            }
-        )
+    async def _handoff(self, send: Send, storage: Storage, path: str, name: str, inline: bool) -> None:
+        """Let another server send the bytes, with the name and type we decided.
+
+        S3 gets a 302 to a presigned URL that makes it answer with our
+        Content-Type and Content-Disposition. nginx gets X-Accel-Redirect to
+        an internal location, plus the headers it passes on from us; it then
+        serves the file with sendfile, ranges and validators included.
+        """
+        content_type = media_type(path)
+        disposition = content_disposition(name, inline)
+        url = await storage.handoff_url(path, content_type, disposition)
+        if storage.handoff == "redirect":
+            status = 302
+            headers = [(b"location", url.encode("latin-1")), (b"cache-control", b"no-store")]
+        else:
+            status = 200
+            headers = [
+                (b"x-accel-redirect", url.encode("latin-1")),
+                (b"content-type", content_type.encode()),
+                (b"content-disposition", disposition.encode()),
+                (b"cache-control", self.settings.cache_control.encode()),
+            ]
+        headers += [(b"content-length", b"0"), _NOSNIFF]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
 
     async def _respond(self, scope: Scope, receive: Receive, send: Send, file: StoredFile, rep: Representation) -> None:
@@ -325,10 +447,10 @@ class Edge:
 _REFUSALS = {404: NOT_FOUND, 403: _plain(403, "Forbidden"), 410: _plain(410, "Gone")}
 
 
-async def _reject(send: Send, token: str, reason: str, detail: str, status: int) -> None:
+async def _reject(send: Send, exchange: Exchange, token: str, reason: str, detail: str, status: int) -> None:
     """Refuse a link: the reason goes to the log (token cut to 8) and the metric, never to the client."""
-    log.info("rejected token=%s reason=%s: %s", token[:8], reason, detail)
     REJECTED.labels(reason).inc()
+    exchange.reason, exchange.detail = reason, detail
     await _send_pair(send, _REFUSALS[status])
 
 
@@ -365,7 +487,13 @@ def build_storages(settings: Settings) -> list[Storage]:
     for spec in settings.storages:
         if isinstance(spec, FileStorage):
             storages.append(
-                DiskStorage(spec.root, settings.chunk_size, settings.disk_cache_seconds, settings.disk_cache_bytes)
+                DiskStorage(
+                    spec.root,
+                    settings.chunk_size,
+                    settings.disk_cache_seconds,
+                    settings.disk_cache_bytes,
+                    spec.accel_redirect,
+                )
             )
         else:
             # Imported here: botocore costs ~40 MiB per worker that disk-only deployments need not pay.
@@ -376,6 +504,10 @@ def build_storages(settings: Settings) -> list[Storage]:
 
 
 def create_app(settings: Settings | None = None) -> Edge:
-    """The uvicorn factory: each worker validates and builds its own app."""
+    """The uvicorn factory: each worker validates and builds its own app.
+
+    With GATEWAY_METRICS_PORT set (by `serve --metrics-port`), /metrics is
+    served on that port only, so the public port never exposes it.
+    """
     settings = settings or load_settings()
-    return Edge(settings, build_storages(settings))
+    return Edge(settings, build_storages(settings), serve_metrics=not os.environ.get(METRICS_PORT_ENV))

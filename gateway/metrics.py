@@ -1,14 +1,117 @@
-"""Prometheus metrics; names and labels are part of the contract."""
+"""Prometheus metrics; names and labels are part of the contract.
 
-from prometheus_client import Counter
+With several uvicorn workers the numbers must be summed across processes:
+the `serve` command points PROMETHEUS_MULTIPROC_DIR at a fresh directory
+before this module is first imported (prometheus-client picks its storage
+at import), and `exposition()` then merges every worker's files. A worker
+that dies without shutting down cleanly would leave its live gauge behind,
+so each scrape forgets the gauges of processes that no longer exist.
+"""
 
+from __future__ import annotations
+
+import os
+import re
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+)
+
+from .config import MULTIPROC_ENV
+
+
+REQUESTS = Counter(
+    "gateway_requests_total",
+    "Edge file requests answered, by method and status (not /metrics or /healthz).",
+    ["method", "status"],
+)
+DURATION = Histogram(
+    "gateway_request_duration_seconds",
+    "Time from the request to the last byte of the response, by method.",
+    ["method"],
+    # Recordings are downloaded whole: the tail is minutes, not milliseconds.
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
+RESPONSE_BYTES = Counter(
+    "gateway_response_bytes_total",
+    "Body bytes sent by the edge, by the storage backend that held them.",
+    ["backend"],
+)
 REJECTED = Counter(
     "gateway_rejected_total",
-    "Edge requests whose token did not resolve to a servable file, by reason.",
+    "Edge requests whose link did not resolve to a servable file, by reason.",
     ["reason"],
+)
+ACTIVE_STREAMS = Gauge(
+    "gateway_active_streams",
+    "Edge responses being sent now.",
+    multiprocess_mode="livesum",
 )
 STORAGE_ERRORS = Counter(
     "gateway_storage_errors_total",
     "Storage failures (timeouts, connection errors, S3 5xx, I/O errors), by backend and kind.",
     ["backend", "kind"],
 )
+
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live\w*?_(\d+)\.db")
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def forget_dead_workers(directory: str) -> None:
+    """Drop live gauges of processes that are gone (a worker killed by the OOM killer, say)."""
+    for name in os.listdir(directory):
+        match = _LIVE_GAUGE_FILE.fullmatch(name)
+        if match and not _alive(int(match[1])):
+            multiprocess.mark_process_dead(int(match[1]), directory)
+
+
+def worker_exiting() -> None:
+    """A clean worker shutdown: its live gauges no longer count."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(os.getpid(), os.environ[MULTIPROC_ENV])
+
+
+class WorkersRegistry(CollectorRegistry):
+    """Every worker's metrics merged at each scrape, without the live gauges of dead ones."""
+
+    def __init__(self, directory: str) -> None:
+        super().__init__(auto_describe=False)
+        self.directory = directory
+        multiprocess.MultiProcessCollector(self, path=directory)
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        forget_dead_workers(self.directory)
+        yield from super().collect()
+
+
+def registry() -> CollectorRegistry:
+    """What to scrape: all workers in multiprocess mode, else this process."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    return WorkersRegistry(directory) if directory else REGISTRY
+
+
+def exposition() -> bytes:
+    """The Prometheus text. Blocking (it reads every worker's files): run it in a thread."""
+    return generate_latest(registry())
+
+
+def serve_on_port(host: str, port: int) -> None:
+    """/metrics on its own port, from a thread of the supervising process."""
+    start_http_server(port, addr=host, registry=registry())

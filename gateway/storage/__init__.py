@@ -41,7 +41,9 @@ class StoredFile(Protocol):
 
 class Storage(Protocol):
     label: str  # the `backend` metric label
-    redirects: bool  # answer with redirect_url() instead of streaming
+    # None: the gateway streams. "redirect": answer 302 to handoff_url().
+    # "accel": answer X-Accel-Redirect to handoff_url() and let nginx send the bytes.
+    handoff: str | None
 
     async def start(self) -> None:
         """Acquire long-lived resources (clients, pools) once per worker."""
@@ -51,7 +53,9 @@ class Storage(Protocol):
         """Open a confined relative path; raises NotFound or StorageUnavailable."""
         ...
 
-    async def redirect_url(self, path: str, content_type: str, disposition: str) -> str: ...
+    async def handoff_url(self, path: str, content_type: str, disposition: str) -> str:
+        """Where the bytes of `path` can be fetched without the gateway (see `handoff`)."""
+        ...
 
     async def ready(self) -> bool: ...
 

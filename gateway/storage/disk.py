@@ -18,6 +18,7 @@ import stat
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import quote
 
 from aiofiles.os import wrap
 
@@ -115,9 +116,17 @@ class DiskStorage:
     """A root directory; paths given to `open` are already lexically confined."""
 
     label = "disk"
-    redirects = False
 
-    def __init__(self, root: Path, chunk: int, cache_seconds: float = 0.0, cache_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        chunk: int,
+        cache_seconds: float = 0.0,
+        cache_bytes: int = 0,
+        accel_redirect: str | None = None,
+    ) -> None:
+        self.handoff = "accel" if accel_redirect else None
+        self._accel_prefix = accel_redirect
         self.root = os.path.realpath(root)
         self._prefix = self.root.rstrip("/") + "/"
         self._chunk = chunk
@@ -159,8 +168,10 @@ class DiskStorage:
     async def start(self) -> None:
         return None
 
-    async def redirect_url(self, path: str, content_type: str, disposition: str) -> str:
-        raise NotImplementedError("disk storage streams; it does not redirect")
+    async def handoff_url(self, path: str, content_type: str, disposition: str) -> str:
+        """The nginx internal location of a file already found and confined by open()."""
+        assert self._accel_prefix is not None
+        return self._accel_prefix + quote(path)
 
     async def ready(self) -> bool:
         return await _readable_dir(self.root)

@@ -97,7 +97,7 @@ class S3Storage:
     def __init__(self, spec: S3Spec, client: S3Client, chunk: int) -> None:
         self.bucket = spec.bucket
         self.prefix = spec.prefix
-        self.redirects = spec.redirect
+        self.handoff = "redirect" if spec.redirect else None
         self.redirect_seconds = spec.redirect_seconds
         self.chunk = chunk
         self._client_settings = client
@@ -137,7 +137,7 @@ class S3Storage:
             raise _failure(exc) from None
         return S3Object(self, key, head["ContentLength"], int(head["LastModified"].timestamp()), head["ETag"])
 
-    async def redirect_url(self, path: str, content_type: str, disposition: str) -> str:
+    async def handoff_url(self, path: str, content_type: str, disposition: str) -> str:
         """A presigned GET that makes S3 answer with our type and file name."""
         return await self.client.generate_presigned_url(
             "get_object",
