@@ -39,6 +39,7 @@ from .metrics import (
     REQUESTS,
     RESPONSE_BYTES,
     STORAGE_ERRORS,
+    child,
     exposition,
     worker_exiting,
 )
@@ -235,16 +236,14 @@ class Edge:
                 exchange.bytes += len(message.get("body", b""))
             await send(message)
 
-        ACTIVE_STREAMS.inc()
         try:
             await self.serve(scope, receive, measured_send, exchange)
         finally:
-            ACTIVE_STREAMS.dec()
             duration = time.perf_counter() - exchange.started
-            REQUESTS.labels(exchange.method, str(exchange.status)).inc()
-            DURATION.labels(exchange.method).observe(duration)
+            child(REQUESTS, exchange.method, str(exchange.status)).inc()
+            child(DURATION, exchange.method).observe(duration)
             if exchange.bytes:
-                RESPONSE_BYTES.labels(exchange.backend).inc(exchange.bytes)
+                child(RESPONSE_BYTES, exchange.backend).inc(exchange.bytes)
             if self.settings.access_log:
                 self._log_access(scope, exchange, duration)
 
@@ -310,7 +309,7 @@ class Edge:
                 )
         except StorageUnavailable as exc:
             log.error("storage %s failed while streaming token=%s kind=%s: %s", storage.label, token[:8], exc.kind, exc)
-            STORAGE_ERRORS.labels(storage.label, exc.kind).inc()
+            child(STORAGE_ERRORS, storage.label, exc.kind).inc()
             exchange.reason, exchange.detail = "storage", exc.kind
         finally:
             await file.close()
@@ -415,8 +414,11 @@ class Edge:
         client sees a short transfer against Content-Length and can resume,
         rather than a 200 whose body is silently cut.
         """
-        gone = asyncio.ensure_future(_disconnected(receive)) if length > self.settings.chunk_size else None
+        streaming = length > self.settings.chunk_size
+        gone = asyncio.ensure_future(_disconnected(receive)) if streaming else None
         held: bytes | None = None
+        if streaming:
+            ACTIVE_STREAMS.inc()
         try:
             async with contextlib.aclosing(pieces):
                 async for data in pieces:
@@ -439,6 +441,7 @@ class Edge:
         finally:
             if gone is not None:
                 gone.cancel()
+                ACTIVE_STREAMS.dec()
         if start:
             await send(start)
         await send({"type": "http.response.body", "body": held or b""})
@@ -449,7 +452,7 @@ _REFUSALS = {404: NOT_FOUND, 403: _plain(403, "Forbidden"), 410: _plain(410, "Go
 
 async def _reject(send: Send, exchange: Exchange, token: str, reason: str, detail: str, status: int) -> None:
     """Refuse a link: the reason goes to the log (token cut to 8) and the metric, never to the client."""
-    REJECTED.labels(reason).inc()
+    child(REJECTED, reason).inc()
     exchange.reason, exchange.detail = reason, detail
     await _send_pair(send, _REFUSALS[status])
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import re
+from functools import cache
+from typing import Any
 
 from prometheus_client import (
     REGISTRY,
@@ -51,7 +53,9 @@ REJECTED = Counter(
 )
 ACTIVE_STREAMS = Gauge(
     "gateway_active_streams",
-    "Edge responses being sent now.",
+    # Bodies of one chunk or less go out in a single write and are never
+    # "being sent" at a scrape; counting them would only cost time.
+    "Edge responses being streamed now (bodies longer than one chunk).",
     multiprocess_mode="livesum",
 )
 STORAGE_ERRORS = Counter(
@@ -59,6 +63,12 @@ STORAGE_ERRORS = Counter(
     "Storage failures (timeouts, connection errors, S3 5xx, I/O errors), by backend and kind.",
     ["backend", "kind"],
 )
+
+@cache
+def child(metric: Counter | Histogram, *labels: str) -> Any:
+    """`metric.labels(*labels)`, remembered: label sets here are few and fixed, lookups many."""
+    return metric.labels(*labels)
+
 
 _LIVE_GAUGE_FILE = re.compile(r"gauge_live\w*?_(\d+)\.db")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

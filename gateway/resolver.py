@@ -11,7 +11,7 @@ import logging
 from collections.abc import Sequence
 from functools import lru_cache
 
-from .metrics import STORAGE_ERRORS
+from .metrics import STORAGE_ERRORS, child
 from .paths import PathRefused, confine
 from .storage import NotFound, Storage, StorageUnavailable, StoredFile
 from .tokens import TokenError, decrypt_token
@@ -73,7 +73,7 @@ class Resolver:
                     first_miss = first_miss or exc
                 except StorageUnavailable as exc:
                     log.error("storage %s failed kind=%s: %s", storage.label, exc.kind, exc)
-                    STORAGE_ERRORS.labels(storage.label, exc.kind).inc()
+                    child(STORAGE_ERRORS, storage.label, exc.kind).inc()
                     failure = failure or exc
         if failure is not None:
             raise failure
