@@ -398,7 +398,9 @@ def _revocation_file(setting: str, value: object) -> Path | None:
     path = Path(str(value))
     if not path.is_file() or not os.access(path, os.R_OK):
         raise ConfigError(setting, f"{path} is not a readable file (create it empty to revoke nothing)")
-    return path.resolve()
+    # Not resolve(): Kubernetes mounts a ConfigMap file as a symlink into a
+    # timestamped folder it replaces on update; the link must be followed anew.
+    return path.absolute()
 
 
 def _configured_keys(values: Mapping[str, object], where: Callable[[str], str]) -> tuple[bytes, ...]:

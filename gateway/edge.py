@@ -199,9 +199,21 @@ class Edge:
         return PlainTextResponse("ok\n", headers={"cache-control": "no-store"})
 
     async def readyz(self, request: Request) -> PlainTextResponse:
-        states = [(storage.label, await storage.ready()) for storage in self.storages]
-        body = "".join(f"{label}: {'ok' if ok else 'unavailable'}\n" for label, ok in states)
-        ready = all(ok for _, ok in states) and not self.draining
+        """Each storage's state; 503 only for what taking this replica out of service can help.
+
+        A local directory that is unreadable is this replica's problem (a lost
+        mount): 503. A remote store that is down is every replica's problem:
+        failing them all would leave the Service with no endpoints even for
+        files on disk, so it is reported but does not fail readiness, unless
+        no storage at all is reachable. Draining is always 503.
+        """
+        states = [(storage, await storage.ready()) for storage in self.storages]
+        body = "".join(f"{storage.label}: {'ok' if ok else 'unavailable'}\n" for storage, ok in states)
+        ready = (
+            not self.draining
+            and any(ok for _, ok in states)
+            and all(ok for storage, ok in states if storage.local)
+        )
         if self.draining:
             body += "draining\n"
         return PlainTextResponse(body, status_code=200 if ready else 503, headers={"cache-control": "no-store"})

@@ -41,6 +41,7 @@ class StoredFile(Protocol):
 
 class Storage(Protocol):
     label: str  # the `backend` metric label
+    local: bool  # on this replica (a directory) rather than shared by all (a bucket)
     # None: the gateway streams. "redirect": answer 302 to handoff_url().
     # "accel": answer X-Accel-Redirect to handoff_url() and let nginx send the bytes.
     handoff: str | None

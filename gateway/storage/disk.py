@@ -116,6 +116,7 @@ class DiskStorage:
     """A root directory; paths given to `open` are already lexically confined."""
 
     label = "disk"
+    local = True
 
     def __init__(
         self,

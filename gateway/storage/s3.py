@@ -93,6 +93,7 @@ class S3Object:
 
 class S3Storage:
     label = "s3"
+    local = False
 
     def __init__(self, spec: S3Spec, client: S3Client, chunk: int) -> None:
         self.bucket = spec.bucket
