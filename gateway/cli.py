@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import copy
+import hashlib
 import os
 import secrets
 import shutil
@@ -12,7 +14,6 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from . import __version__
 from .config import CONFIG_FILE_ENV, MULTIPROC_ENV, ConfigError, Settings, load_settings
@@ -48,6 +49,18 @@ def _parser() -> argparse.ArgumentParser:
     for sub in (encrypt, decrypt):
         sub.add_argument("--config", type=Path, metavar="FILE", default=argparse.SUPPRESS)
 
+    api = command("api", "run the link API (internal; clients authenticate with bearer tokens)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8081)
+
+    api_client = commands.add_parser("api-client", help="manage link-API clients")
+    api_client_commands = api_client.add_subparsers(dest="api_client_command", required=True, metavar="ACTION")
+    add = api_client_commands.add_parser(
+        "add", help="make a bearer token for a new client and print the configuration entry for it"
+    )
+    add.add_argument("id", help="the client's name, e.g. crm")
+    add.add_argument("--prefix", required=True, help="the paths it may link to, e.g. /300/ (/ for everything)")
+
     keygen = commands.add_parser("keygen", help="print a new random key")
     keygen.add_argument("--base64", action="store_true", help="print the base64: form instead of hex")
     return parser
@@ -61,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print("base64:" + base64.b64encode(key).decode() if args.base64 else format_key(key))
         return 0
+    if args.command == "api-client":
+        return _api_client_add(args.id, args.prefix)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -68,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "serve":
         return _serve(args, settings)
+    if args.command == "api":
+        return _api(args, settings)
     if args.link_command == "encrypt":
         return _encrypt(args.path, settings)
     return _decrypt(args.token_or_url, settings)
@@ -85,15 +102,36 @@ def _encrypt(path: str, settings: Settings) -> int:
 
 
 def _decrypt(token_or_url: str, settings: Settings) -> int:
-    token = urlsplit(token_or_url).path.rstrip("/").rpartition("/")[2] if "/" in token_or_url else token_or_url
+    """The path on the first line (for scripts), then what the link API's resolve says, one field a line."""
+    from .linkinfo import split_link
+
+    token, _ = split_link(token_or_url)
     try:
-        candidates = decrypt_token(token, settings.keys)
+        decrypt_token(token, settings.keys)
     except TokenError as exc:
         print(f"storage-gateway: not a link token ({exc.reason}): {exc}", file=sys.stderr)
         return 1
-    for index, path in candidates:
-        print(path if len(settings.keys) == 1 else f"{path}\t(key {index + 1})")
+    report = asyncio.run(_inspect(token_or_url, settings))
+    print(report.path)
+    for line in report.lines():
+        print(line)
     return 0
+
+
+async def _inspect(link: str, settings: Settings):  # type: ignore[no-untyped-def]
+    from .edge import build_storages
+    from .linkinfo import LinkInspector
+    from .revocation import Revocations
+
+    storages = build_storages(settings)
+    revocations = Revocations(settings.revocation_file)
+    async with contextlib.AsyncExitStack() as stack:
+        for storage in storages:
+            await storage.start()
+            stack.push_async_callback(storage.aclose)
+        await revocations.load()
+        inspector = LinkInspector(settings.keys, storages, revocations, settings.require_signed)
+        return await inspector.inspect(link)
 
 
 def _log_config() -> dict:
@@ -113,12 +151,17 @@ def _log_config() -> dict:
 
 
 @contextlib.contextmanager
-def _metrics_directory() -> Iterator[None]:
+def _metrics_directory(workers: int) -> Iterator[None]:
     """A fresh prometheus multiprocess directory for this run, removed at exit.
 
-    Set before anything imports prometheus-client (it picks its storage at
-    import time); an operator-provided PROMETHEUS_MULTIPROC_DIR is used as is.
+    Only several workers need one (a single process counts in memory, about
+    twice as fast per request). Set before anything imports
+    prometheus-client, which picks its storage at import time; an
+    operator-provided PROMETHEUS_MULTIPROC_DIR is used as is.
     """
+    if workers == 1 and not os.environ.get(MULTIPROC_ENV):
+        yield
+        return
     if os.environ.get(MULTIPROC_ENV):
         Path(os.environ[MULTIPROC_ENV]).mkdir(parents=True, exist_ok=True)
         yield
@@ -141,7 +184,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         os.environ[CONFIG_FILE_ENV] = str(args.config.resolve())
     if settings.dev_dir is not None:
         os.environ["GATEWAY_DEV_DIR"] = str(settings.dev_dir)
-    with _metrics_directory():
+    with _metrics_directory(args.workers):
         from .edge import METRICS_PORT_ENV, create_app
         from .metrics import serve_on_port
 
@@ -163,6 +206,51 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             uvicorn.run(create_app(settings), **options)
         else:
             uvicorn.run("gateway.edge:create_app", factory=True, workers=args.workers, **options)
+    return 0
+
+
+def _api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from .api import build_api
+
+    try:
+        app = build_api(settings)
+    except ConfigError as exc:
+        print(f"storage-gateway: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=settings.access_log,
+        server_header=False,
+        log_config=_log_config(),
+    )
+    return 0
+
+
+def _api_client_add(client_id: str, prefix: str) -> int:
+    """A new random bearer token (shown once, stored nowhere) and the entry that configures its hash."""
+    from .config import api_client
+
+    token = secrets.token_urlsafe(32)
+    entry = f"{client_id}:{hashlib.sha256(token.encode()).hexdigest()}:{prefix}"
+    try:
+        api_client(entry)
+    except ValueError as exc:
+        print(f"storage-gateway: {exc}", file=sys.stderr)
+        return 2
+    print(f"token: {token}")
+    print(f"client: {entry}")
+    print(
+        "storage-gateway: give the token to the client now: it is shown once and stored nowhere.\n"
+        "storage-gateway: add the client entry to GATEWAY_API_CLIENTS (comma-separated) or to `clients`\n"
+        "  under [api] in the TOML file, then restart `storage-gateway api`.",
+        file=sys.stderr,
+    )
     return 0
 
 

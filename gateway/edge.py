@@ -240,11 +240,12 @@ class Edge:
     async def serve_measured(self, scope: Scope, receive: Receive, send: Send) -> None:
         """serve(), counted for the metrics and written to the access log."""
         exchange = Exchange(scope["method"] if scope["method"] in ("GET", "HEAD") else "OTHER")
+        head = scope["method"] == "HEAD"  # uvicorn sends no body for HEAD, whatever we pass it
 
         async def measured_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 exchange.status = message["status"]
-            else:
+            elif not head:
                 exchange.bytes += len(message.get("body", b""))
             await send(message)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -26,9 +27,12 @@ from .paths import PathRefused, confine
 log = logging.getLogger("gateway.revocation")
 
 
+_COMMENT = re.compile(r"(?:^|\s)#")
+
+
 def _token_of(entry: str) -> str:
-    if "://" in entry:
-        entry = urlsplit(entry).path
+    """The token of a link given whole (URL), relative (`/TOKEN?…`) or bare."""
+    entry = urlsplit(entry).path if "://" in entry else entry.partition("?")[0]
     return entry.rstrip("/").rpartition("/")[2].rstrip("=")
 
 
@@ -45,10 +49,11 @@ class Revocations:
     def parse(self, text: str) -> None:
         tokens, files, prefixes = set(), set(), []
         for number, raw in enumerate(text.splitlines(), 1):
-            entry = raw.split("#", 1)[0].strip()
+            # `#` starts a comment only at the start or after a space: names may contain it.
+            entry = _COMMENT.split(raw, maxsplit=1)[0].strip()
             if not entry:
                 continue
-            if entry.startswith("/") and "://" not in entry:
+            if entry.startswith("/") and "://" not in entry and "?" not in entry:
                 try:
                     confined = confine(entry)
                 except PathRefused as exc:

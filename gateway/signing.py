@@ -66,7 +66,8 @@ class LinkSigner:
             raise LinkRefused(403, "signature", "bad or missing signature")
         expires = params.get(EXPIRES)
         if expires is not None:
-            if not expires.isdigit():
+            # isdigit() alone admits "²" and 5000-digit strings, which int() refuses.
+            if not (expires.isascii() and expires.isdigit() and len(expires) <= 12):
                 raise LinkRefused(403, "signature", "unreadable expiry")
             if (time.time() if now is None else now) >= int(expires):
                 raise LinkRefused(410, "expired", "link expired")

@@ -8,7 +8,9 @@ request target exactly as given: no normalisation of `%3D`, `=`, `..`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
+import json
 import os
 import re
 import secrets
@@ -288,11 +290,22 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT
         process.wait(timeout)
 
 
-def gateway_environment(keys: Sequence[bytes], storage_root: Path) -> dict[str, str]:
-    """os.environ without any GATEWAY_* variable, plus the key(s) and the storage."""
+def gateway_environment(
+    keys: Sequence[bytes],
+    storage_root: Path,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    storage_url: str | None = None,
+) -> dict[str, str]:
+    """os.environ without any GATEWAY_* variable, plus the key(s) and the storage.
+
+    `storage_url` replaces the `file://` URL of `storage_root` as GATEWAY_STORAGE
+    (e.g. `file:///dir,s3://bucket/prefix`); `extra_env` is applied last.
+    """
     env = {name: value for name, value in os.environ.items() if not name.startswith("GATEWAY_")}
     env["GATEWAY_KEY"] = ",".join(key.hex() for key in keys)
-    env["GATEWAY_STORAGE"] = "file://" + quote(str(storage_root.resolve()))
+    env["GATEWAY_STORAGE"] = storage_url if storage_url is not None else "file://" + quote(str(storage_root.resolve()))
+    env.update(extra_env or {})
     return env
 
 
@@ -304,7 +317,8 @@ class Gateway:
     base_url: str
     keys: tuple[bytes, ...]
     root: Path
-    log: Path
+    log: Path  # stdout and stderr, or stdout only when `stderr_log` is set
+    stderr_log: Path | None = None  # stderr, when started with split_stderr=True
 
     @property
     def pid(self) -> int:
@@ -337,35 +351,143 @@ class Gateway:
             return handle.read().decode("utf-8", "replace")
 
 
-def start_gateway(root: Path, keys: Sequence[bytes], workdir: Path, workers: int = 1) -> Gateway:
+def start_gateway(
+    root: Path,
+    keys: Sequence[bytes],
+    workdir: Path,
+    workers: int = 1,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    storage_url: str | None = None,
+    extra_args: Sequence[str] = (),
+    split_stderr: bool = False,
+) -> Gateway:
+    """`extra_args` are appended to the serve command line (e.g. `--metrics-port N`);
+    `split_stderr` writes stderr to its own file (`Gateway.stderr_log`), so `log` holds stdout alone."""
+    options = ["--workers", str(workers)] if workers != 1 else []
+    options += list(extra_args)
+    env = gateway_environment(keys, root, extra_env=extra_env, storage_url=storage_url)
+    process, base_url, log = _start_command("serve", options, env, workdir, "gateway", split_stderr=split_stderr)
+    return Gateway(process, base_url, tuple(keys), root, log, _stderr_path(log) if split_stderr else None)
+
+
+def _stderr_path(log: Path) -> Path:
+    return log.with_suffix(".err")
+
+
+def _start_command(
+    command: str,
+    options: Sequence[str],
+    env: Mapping[str, str],
+    workdir: Path,
+    name: str,
+    *,
+    split_stderr: bool = False,
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """Run `storage-gateway COMMAND --host --port … OPTIONS` in its own session; wait until /healthz answers."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    log = workdir / f"gateway-{port}.log"
-    command = ["storage-gateway", "serve", "--host", HOST, "--port", str(port)]
-    if workers != 1:
-        command += ["--workers", str(workers)]
-    with log.open("wb") as sink:
+    log = workdir / f"{name}-{port}.log"
+    with log.open("wb") as sink, contextlib.ExitStack() as stack:
+        errors = stack.enter_context(_stderr_path(log).open("wb")) if split_stderr else subprocess.STDOUT
         process = subprocess.Popen(
-            command,
-            env=gateway_environment(keys, root),
+            ["storage-gateway", command, "--host", HOST, "--port", str(port), *options],
+            env=dict(env),
             cwd=workdir,
             stdin=subprocess.DEVNULL,
             stdout=sink,
-            stderr=subprocess.STDOUT,
+            stderr=errors,
             start_new_session=True,
         )
     base_url = f"http://{HOST}:{port}"
-    _wait_ready(base_url, "/healthz", process, log, "storage-gateway serve")
-    return Gateway(process, base_url, tuple(keys), root, log)
+    _wait_ready(base_url, "/healthz", process, log, f"storage-gateway {command}")
+    return process, base_url, log
 
 
 @contextlib.contextmanager
-def running_gateway(root: Path, keys: Sequence[bytes], workdir: Path, workers: int = 1) -> Iterator[Gateway]:
-    gateway = start_gateway(root, keys, workdir, workers)
+def running_gateway(
+    root: Path,
+    keys: Sequence[bytes],
+    workdir: Path,
+    workers: int = 1,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    storage_url: str | None = None,
+    extra_args: Sequence[str] = (),
+    split_stderr: bool = False,
+) -> Iterator[Gateway]:
+    gateway = start_gateway(
+        root,
+        keys,
+        workdir,
+        workers,
+        extra_env=extra_env,
+        storage_url=storage_url,
+        extra_args=extra_args,
+        split_stderr=split_stderr,
+    )
     try:
         yield gateway
     finally:
         stop_process(gateway.process)
+
+
+# -- the link API --------------------------------------------------------------
+
+
+def api_client_entry(client_id: str, bearer: str, prefix: str) -> str:
+    """One GATEWAY_API_CLIENTS entry: `id:sha256hex(bearer):/prefix/`."""
+    return f"{client_id}:{hashlib.sha256(bearer.encode()).hexdigest()}:{prefix}"
+
+
+@dataclass
+class ApiServer:
+    """A running `storage-gateway api` process."""
+
+    process: subprocess.Popen[bytes]
+    base_url: str
+    keys: tuple[bytes, ...]
+    root: Path
+    log: Path
+
+    def post(self, target: str, body: object, bearer: str | None, headers: Mapping[str, str] | None = None) -> Reply:
+        """POST `body` as JSON (bytes are sent as they are) with `Authorization: Bearer <bearer>` if given."""
+        sent = dict(headers or {})
+        if bearer is not None:
+            sent.setdefault("Authorization", f"Bearer {bearer}")
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        sent.setdefault("Content-Type", "application/json")
+        return request(self.base_url, target, "POST", sent, data)
+
+
+def start_api(
+    root: Path,
+    keys: Sequence[bytes],
+    workdir: Path,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    storage_url: str | None = None,
+) -> ApiServer:
+    """`storage-gateway api` over the same key(s) and storage as a gateway; clients and public URL in `extra_env`."""
+    env = gateway_environment(keys, root, extra_env=extra_env, storage_url=storage_url)
+    process, base_url, log = _start_command("api", [], env, workdir, "api")
+    return ApiServer(process, base_url, tuple(keys), root, log)
+
+
+@contextlib.contextmanager
+def running_api(
+    root: Path,
+    keys: Sequence[bytes],
+    workdir: Path,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    storage_url: str | None = None,
+) -> Iterator[ApiServer]:
+    api = start_api(root, keys, workdir, extra_env=extra_env, storage_url=storage_url)
+    try:
+        yield api
+    finally:
+        stop_process(api.process)
 
 
 # -- nginx -----------------------------------------------------------------
@@ -445,12 +567,20 @@ class Nginx:
         return self.base_url + self.target(path)
 
 
-def start_nginx(root: Path, prefix: Path) -> Nginx:
+def start_nginx(
+    root: Path,
+    prefix: Path,
+    *,
+    config: Callable[[Path, int], str] | None = None,
+    probe: str = "/ping",
+) -> Nginx:
+    """nginx serving `root` at /files/, or running `config(prefix, port)` (a whole nginx.conf whose
+    plain-HTTP listener on 127.0.0.1:`port` answers 200 to `probe`)."""
     binary = nginx_binary()
     prefix.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = prefix / "nginx.conf"
-    conf.write_text(nginx_config(prefix, root.resolve(), port))
+    conf.write_text(config(prefix, port) if config else nginx_config(prefix, root.resolve(), port))
     log = prefix / "error.log"
     with (prefix / "stderr.log").open("wb") as sink:
         process = subprocess.Popen(
@@ -463,15 +593,21 @@ def start_nginx(root: Path, prefix: Path) -> Nginx:
         )
     base_url = f"http://{HOST}:{port}"
     try:
-        _wait_ready(base_url, "/ping", process, log, "nginx")
+        _wait_ready(base_url, probe, process, log, "nginx")
     except RuntimeError as exc:
         raise RuntimeError(f"{exc}\nstderr:\n{_tail(prefix / 'stderr.log')}") from None
     return Nginx(process, base_url, prefix, root)
 
 
 @contextlib.contextmanager
-def running_nginx(root: Path, prefix: Path) -> Iterator[Nginx]:
-    nginx = start_nginx(root, prefix)
+def running_nginx(
+    root: Path,
+    prefix: Path,
+    *,
+    config: Callable[[Path, int], str] | None = None,
+    probe: str = "/ping",
+) -> Iterator[Nginx]:
+    nginx = start_nginx(root, prefix, config=config, probe=probe)
     try:
         yield nginx
     finally:
