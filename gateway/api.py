@@ -461,7 +461,7 @@ class LinkAPI:
         except TokenError as exc:
             raise _bad("link", f"not a link this gateway opens ({exc.reason}: {exc})") from None
         except OutsidePrefix:
-            raise ApiError(403, f"link: names a path outside this client's prefix {client.display_prefix}", "link")
+            raise ApiError(403, f"link: names a path outside this client's prefix {client.display_prefix}", "link") from None
         if report.path_refused:
             raise _bad("link", "the path inside the link is refused (outside the storage root or malformed)")
         return report

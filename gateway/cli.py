@@ -187,6 +187,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     with _metrics_directory(args.workers):
         from .edge import METRICS_PORT_ENV, create_app
         from .metrics import serve_on_port
+        from .supervisor import Supervisor
 
         if args.metrics_port:
             os.environ[METRICS_PORT_ENV] = str(args.metrics_port)
@@ -205,7 +206,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         if args.workers == 1:
             uvicorn.run(create_app(settings), **options)
         else:
-            uvicorn.run("gateway.edge:create_app", factory=True, workers=args.workers, **options)
+            config = uvicorn.Config("gateway.edge:create_app", factory=True, workers=args.workers, **options)
+            Supervisor(config, sockets=[config.bind_socket()]).run()
     return 0
 
 
