@@ -156,14 +156,17 @@ def _metrics_directory(workers: int) -> Iterator[None]:
 
     Only several workers need one (a single process counts in memory, about
     twice as fast per request). Set before anything imports
-    prometheus-client, which picks its storage at import time; an
-    operator-provided PROMETHEUS_MULTIPROC_DIR is used as is.
+    prometheus-client, which picks its storage at import time. An
+    operator-provided PROMETHEUS_MULTIPROC_DIR is kept but emptied at start.
     """
     if workers == 1 and not os.environ.get(MULTIPROC_ENV):
         yield
         return
     if os.environ.get(MULTIPROC_ENV):
-        Path(os.environ[MULTIPROC_ENV]).mkdir(parents=True, exist_ok=True)
+        given = Path(os.environ[MULTIPROC_ENV])
+        given.mkdir(parents=True, exist_ok=True)
+        for stale in given.glob("*.db"):  # an earlier run's totals must not carry over
+            stale.unlink()
         yield
         return
     directory = tempfile.mkdtemp(prefix="storage-gateway-metrics-")
