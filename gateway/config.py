@@ -63,8 +63,10 @@ class S3Client:
     connect_timeout: float = 2.0
     read_timeout: float = 10.0
     max_attempts: int = 2
-    max_pool_connections: int = 64
+    max_pool_connections: int = 256
     ready_cache_seconds: float = 5.0
+    cache_seconds: float = 5.0
+    cache_entries: int = 10000
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ _SETTINGS = {
     "s3.read_timeout": "GATEWAY_S3_READ_TIMEOUT",
     "s3.max_attempts": "GATEWAY_S3_MAX_ATTEMPTS",
     "s3.max_pool_connections": "GATEWAY_S3_MAX_POOL_CONNECTIONS",
+    "s3.cache_seconds": "GATEWAY_S3_CACHE_SECONDS",
     "api_clients": "GATEWAY_API_CLIENTS",
     "api.clients": "GATEWAY_API_CLIENTS",  # the same list, spelled as [api] clients in the file
     "revocation_file": "GATEWAY_REVOCATION_FILE",
@@ -323,6 +326,9 @@ def _s3_client(values: Mapping[str, object], where: Callable[[str], str]) -> S3C
             values.get("s3.max_pool_connections", default.max_pool_connections),
             1,
             10000,
+        ),
+        cache_seconds=_as_seconds(
+            where("s3.cache_seconds"), values.get("s3.cache_seconds", default.cache_seconds), 3600
         ),
     )
 

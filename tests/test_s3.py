@@ -215,10 +215,15 @@ def test_keys_with_non_ascii_and_url_characters(s3_gateway: Gateway, archive: Ar
     assert reply.header("Content-Disposition").endswith(f"; filename*=UTF-8''{quote(name, safe=RFC8187_ATTR_CHAR)}")
 
 
-def test_replaced_object_is_served_with_its_new_bytes_and_etag(s3_gateway: Gateway, archive: Archive) -> None:
+def test_replaced_object_is_never_spliced_and_is_served_fresh_next(s3_gateway: Gateway, archive: Archive) -> None:
+    """Lookups are remembered for s3.cache_seconds. An object replaced in that window is
+    caught by the GET's If-Match: that one request fails cleanly (502, before any byte),
+    the lookup is forgotten, and the next request serves the new bytes and ETag."""
     before = get(s3_gateway, S3_REPLACED)
     assert (before.status, before.body) == (200, b"first version")
     archive.put(S3_REPLACED, b"second, longer version")
+    caught = get(s3_gateway, S3_REPLACED)
+    assert (caught.status, caught.body) == (502, b"Bad Gateway\n")
     after = get(s3_gateway, S3_REPLACED)
     assert (after.status, after.body) == (200, b"second, longer version")
     assert after.header("ETag") == archive.etag(S3_REPLACED) != before.header("ETag")

@@ -15,7 +15,6 @@ import asyncio
 import errno
 import os
 import stat
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote
@@ -24,6 +23,7 @@ from aiofiles.os import wrap
 
 from ..headers import entity_tag
 from . import NotFound, StorageUnavailable
+from .cache import TimedCache
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
 _MISSING = (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG)
@@ -74,44 +74,6 @@ class DiskFile:
             await _close(fd)
 
 
-class SmallFileCache:
-    """Small files by relative path, each trusted for `seconds`, bounded in bytes.
-
-    Only whole files already in memory are kept, never descriptors or
-    failures: a recording that appears is served at once, and one that
-    changes or disappears is served as it was for at most `seconds`.
-    """
-
-    def __init__(self, seconds: float, max_bytes: int) -> None:
-        self.seconds = seconds
-        self.max_bytes = max_bytes
-        self._bytes = 0
-        self._entries: OrderedDict[str, tuple[float, DiskFile]] = OrderedDict()
-
-    def get(self, path: str, now: float) -> DiskFile | None:
-        entry = self._entries.get(path)
-        if entry is None:
-            return None
-        if entry[0] <= now:
-            self._drop(path)
-            return None
-        self._entries.move_to_end(path)
-        return entry[1]
-
-    def put(self, path: str, file: DiskFile, now: float) -> None:
-        if self.seconds <= 0 or file.size > self.max_bytes:
-            return
-        if path in self._entries:
-            self._drop(path)
-        self._entries[path] = (now + self.seconds, file)
-        self._bytes += file.size
-        while self._bytes > self.max_bytes:
-            self._drop(next(iter(self._entries)))
-
-    def _drop(self, path: str) -> None:
-        self._bytes -= self._entries.pop(path)[1].size
-
-
 class DiskStorage:
     """A root directory; paths given to `open` are already lexically confined."""
 
@@ -132,7 +94,8 @@ class DiskStorage:
         self._prefix = self.root.rstrip("/") + "/"
         self._chunk = chunk
         self._open = wrap(self._open_sync)
-        self._cache = SmallFileCache(cache_seconds, cache_bytes)
+        # Like nginx's open_file_cache: small files just read, kept whole for a moment.
+        self._cache: TimedCache[DiskFile] = TimedCache(cache_seconds, cache_bytes, weight=lambda file: file.size)
 
     async def open(self, path: str) -> DiskFile:
         now = asyncio.get_running_loop().time()

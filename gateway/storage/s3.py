@@ -1,20 +1,28 @@
 """Recordings in S3 or an S3-compatible store (MinIO, Ceph, moto), on aioboto3.
 
-One client per worker, opened at start-up and closed at shutdown. A file is
-looked up with HEAD (cheap, and it tells a missing key from a broken
-store), and each span is one ranged GET streamed in bounded chunks, pinned
-to the ETag seen at lookup so a replaced object cannot be spliced into one
-response. Failures of the store are `StorageUnavailable`, never `NotFound`:
-an outage must not look like a missing file.
+Two clients per worker, opened at start-up and closed at shutdown: one for
+lookups and one for bodies, so downloads stalled by slow clients (each holds
+a pooled connection while backpressure pauses it) can never starve the
+lookups of new requests or the readiness probe. A file is looked up with
+HEAD (cheap, and it tells a missing key from a broken store), remembered for
+a few seconds so a player seeking through a recording pays one round trip
+per range, not two. Each span is one ranged GET streamed in bounded chunks,
+pinned to the ETag seen at lookup so a replaced object cannot be spliced
+into one response. Every call has a deadline, waiting for a pooled
+connection included. Failures of the store are `StorageUnavailable`, never
+`NotFound`: an outage must not look like a missing file.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 import aioboto3
+import aiohttp
 from aiobotocore.config import AioConfig
 from botocore.exceptions import (
     BotoCoreError,
@@ -26,8 +34,13 @@ from botocore.exceptions import (
 
 from ..config import S3Client, S3Storage as S3Spec
 from . import NotFound, StorageUnavailable
+from .cache import TimedCache
 
 _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
+# What a broken store raises: botocore's own errors, aiohttp's (a body cut
+# mid-transfer is aiohttp.ClientPayloadError), sockets', and our deadline's.
+_FAILURES = (BotoCoreError, ClientError, aiohttp.ClientError, OSError, TimeoutError)
+T = TypeVar("T")
 
 
 def _failure(exc: Exception) -> StorageUnavailable:
@@ -39,8 +52,8 @@ def _failure(exc: Exception) -> StorageUnavailable:
         code = exc.response.get("Error", {}).get("Code", "")
         kind = "denied" if status == 403 else "changed" if status == 412 else "upstream"
         return StorageUnavailable(kind, f"S3 answered {status} {code}")
-    if isinstance(exc, BotoConnectionError):
-        return StorageUnavailable("connection", str(exc))
+    if isinstance(exc, (BotoConnectionError, aiohttp.ClientError, ConnectionError)):
+        return StorageUnavailable("connection", str(exc) or type(exc).__name__)
     return StorageUnavailable("upstream", f"{type(exc).__name__}: {exc}")
 
 
@@ -61,10 +74,14 @@ class S3Object:
             return
         storage = self._storage
         try:
-            response = await storage.client.get_object(
-                Bucket=storage.bucket, Key=self._key, Range=f"bytes={start}-{stop - 1}", IfMatch=self.etag
+            response = await storage.bounded(
+                storage.streams.get_object(
+                    Bucket=storage.bucket, Key=self._key, Range=f"bytes={start}-{stop - 1}", IfMatch=self.etag
+                )
             )
-        except (BotoCoreError, ClientError, OSError) as exc:
+        except _FAILURES as exc:
+            if isinstance(exc, ClientError):
+                storage.forget(self._key)  # replaced or gone since the lookup: look again next time
             raise _failure(exc) from None
         body = response["Body"]
         complete = False
@@ -72,7 +89,7 @@ class S3Object:
             while start < stop:
                 try:
                     data = await body.read(min(storage.chunk, stop - start))
-                except (BotoCoreError, OSError) as exc:
+                except _FAILURES as exc:
                     raise _failure(exc) from None
                 if not data:
                     raise StorageUnavailable("truncated", f"S3 body ended at {start} of {stop}")
@@ -91,6 +108,9 @@ class S3Object:
         return None
 
 
+_LOOKUP_POOL = 16  # HEADs are short: a few connections serve many requests
+
+
 class S3Storage:
     label = "s3"
     local = False
@@ -102,45 +122,69 @@ class S3Storage:
         self.redirect_seconds = spec.redirect_seconds
         self.chunk = chunk
         self._client_settings = client
+        # Each attempt may take a connect and a read timeout; nothing waits longer.
+        self._deadline = (client.connect_timeout + client.read_timeout) * client.max_attempts
         self._stack = contextlib.AsyncExitStack()
         self._ready: tuple[float, bool] = (0.0, False)
-        self.client = None  # set by start()
+        self._found: TimedCache[S3Object] = TimedCache(client.cache_seconds, client.cache_entries)
+        self.lookups: Any = None  # set by start()
+        self.streams: Any = None
 
     def __repr__(self) -> str:
         return f"S3Storage(s3://{self.bucket}/{self.prefix})"
 
     async def start(self) -> None:
         settings = self._client_settings
-        config = AioConfig(
-            connect_timeout=settings.connect_timeout,
-            read_timeout=settings.read_timeout,
-            retries={"max_attempts": settings.max_attempts, "mode": "standard"},
-            max_pool_connections=settings.max_pool_connections,
-        )
         session = aioboto3.Session()
-        self.client = await self._stack.enter_async_context(
-            session.client("s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=config)
-        )
+
+        async def client(pool: int) -> Any:
+            config = AioConfig(
+                connect_timeout=settings.connect_timeout,
+                read_timeout=settings.read_timeout,
+                # total_max_attempts counts the first try; botocore's max_attempts would not.
+                retries={"total_max_attempts": settings.max_attempts, "mode": "standard"},
+                max_pool_connections=pool,
+            )
+            return await self._stack.enter_async_context(
+                session.client("s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=config)
+            )
+
+        self.lookups = await client(_LOOKUP_POOL)
+        self.streams = await client(settings.max_pool_connections)
 
     async def aclose(self) -> None:
         await self._stack.aclose()
-        self.client = None
+        self.lookups = self.streams = None
+
+    async def bounded(self, call: Awaitable[T]) -> T:
+        """`call`, failing with TimeoutError past the deadline (a full pool waits too)."""
+        async with asyncio.timeout(self._deadline):
+            return await call
+
+    def forget(self, key: str) -> None:
+        self._found.forget(key)
 
     async def open(self, path: str) -> S3Object:
         key = self.prefix + path
+        now = time.monotonic()
+        found = self._found.get(key, now)
+        if found is not None:
+            return found
         try:
-            head = await self.client.head_object(Bucket=self.bucket, Key=key)
+            head = await self.bounded(self.lookups.head_object(Bucket=self.bucket, Key=key))
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in _MISSING_CODES:
                 raise NotFound("not_found") from None
             raise _failure(exc) from None
-        except (BotoCoreError, OSError) as exc:
+        except _FAILURES as exc:
             raise _failure(exc) from None
-        return S3Object(self, key, head["ContentLength"], int(head["LastModified"].timestamp()), head["ETag"])
+        found = S3Object(self, key, head["ContentLength"], int(head["LastModified"].timestamp()), head["ETag"])
+        self._found.put(key, found, now)
+        return found
 
     async def handoff_url(self, path: str, content_type: str, disposition: str) -> str:
         """A presigned GET that makes S3 answer with our type and file name."""
-        return await self.client.generate_presigned_url(
+        return await self.lookups.generate_presigned_url(
             "get_object",
             Params={
                 "Bucket": self.bucket,
@@ -158,9 +202,9 @@ class S3Storage:
         if now - checked_at < self._client_settings.ready_cache_seconds:
             return ok
         try:
-            await self.client.head_bucket(Bucket=self.bucket)
+            await self.bounded(self.lookups.head_bucket(Bucket=self.bucket))
             ok = True
-        except (BotoCoreError, ClientError, OSError):
+        except _FAILURES:
             ok = False
         self._ready = (now, ok)
         return ok
