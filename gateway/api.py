@@ -33,6 +33,7 @@ from starlette.schemas import SchemaGenerator
 
 from . import __version__
 from .config import ApiClient, ConfigError, Settings, load_settings
+from .lifecycle import serving
 from .linkinfo import LinkInspector, LinkReport, OutsidePrefix, iso8601
 from .paths import PathRefused, confine
 from .revocation import Revocations
@@ -251,13 +252,7 @@ class LinkAPI:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        async with contextlib.AsyncExitStack() as stack:
-            for storage in self.storages:
-                await storage.start()
-                stack.push_async_callback(storage.aclose)
-            await self.revocations.load()
-            watcher = asyncio.create_task(self.revocations.watch())
-            stack.callback(watcher.cancel)
+        async with serving(self.storages, self.revocations):
             yield
 
     # -- errors ------------------------------------------------------------
@@ -461,7 +456,9 @@ class LinkAPI:
         except TokenError as exc:
             raise _bad("link", f"not a link this gateway opens ({exc.reason}: {exc})") from None
         except OutsidePrefix:
-            raise ApiError(403, f"link: names a path outside this client's prefix {client.display_prefix}", "link") from None
+            raise ApiError(
+                403, f"link: names a path outside this client's prefix {client.display_prefix}", "link"
+            ) from None
         if report.path_refused:
             raise _bad("link", "the path inside the link is refused (outside the storage root or malformed)")
         return report
@@ -578,7 +575,7 @@ class LinkAPI:
 
 
 def build_api(settings: Settings, clock: Callable[[], float] = time.time) -> LinkAPI:
-    from .edge import build_storages
+    from .storage.configured import build_storages
 
     return LinkAPI(settings, build_storages(settings), clock)
 

@@ -119,9 +119,9 @@ def _decrypt(token_or_url: str, settings: Settings) -> int:
 
 
 async def _inspect(link: str, settings: Settings):  # type: ignore[no-untyped-def]
-    from .edge import build_storages
     from .linkinfo import LinkInspector
     from .revocation import Revocations
+    from .storage.configured import build_storages
 
     storages = build_storages(settings)
     revocations = Revocations(settings.revocation_file)

@@ -8,11 +8,11 @@ failure at the first request.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-import re
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from . import devdefaults

@@ -9,17 +9,13 @@ is an ordinary Starlette app behind it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
-import signal
-import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
@@ -27,73 +23,38 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from .conditions import if_range_allows, precondition_status
-from .config import FileStorage, Settings, load_settings
-from .headers import content_disposition, http_date, media_type
 from .accesslog import client_address, parse_networks
 from .accesslog import write as write_access
-from .metrics import (
-    ACTIVE_STREAMS,
-    DURATION,
-    REJECTED,
-    REQUESTS,
-    RESPONSE_BYTES,
-    STORAGE_ERRORS,
-    child,
-    exposition,
-    worker_exiting,
-)
+from .asgi import Headers, Message, Receive, Scope, Send
+from .conditions import if_range_allows, precondition_status
+from .config import Settings, load_settings
+from .headers import content_disposition, http_date, media_type
+from .lifecycle import Drain, serving
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import DURATION, REJECTED, REQUESTS, RESPONSE_BYTES, STORAGE_ERRORS, child, exposition, worker_exiting
 from .multipart import multipart_plan, new_boundary
 from .ranges import RangeNotSatisfiable, Span, content_range, parse_range
+from .replies import (
+    METHOD_NOT_ALLOWED,
+    NOSNIFF,
+    PRECONDITION_FAILED,
+    REFUSALS,
+    range_not_satisfiable,
+    send_reply,
+    storage_failure,
+)
 from .resolver import Resolver, Unresolved
 from .revocation import Revocations
 from .signing import SIGNATURE, LinkRefused, LinkSigner
-from .storage import DEFAULT_FAILURE_STATUS, FAILURE_STATUS, Storage, StorageUnavailable, StoredFile
-from .storage.disk import DiskStorage
+from .storage import Storage, StorageUnavailable, StoredFile
+from .storage.configured import build_storages
+from .streaming import file_pieces, multipart_pieces, stream_body
 
 log = logging.getLogger("gateway.edge")
 METRICS_PORT_ENV = "GATEWAY_METRICS_PORT"
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-Headers = list[tuple[bytes, bytes]]
-
-_NOSNIFF = (b"x-content-type-options", b"nosniff")
 _CONDITIONAL = (b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since")
 _TRUE = {"1", "true", "yes", "on"}
-
-
-def _plain(status: int, text: str, *extra: tuple[bytes, bytes]) -> tuple[Message, Message]:
-    """A small fixed text answer, built once at import."""
-    body = f"{text}\n".encode()
-    headers = [
-        (b"content-type", b"text/plain; charset=utf-8"),
-        (b"content-length", str(len(body)).encode()),
-        (b"cache-control", b"no-store"),
-        _NOSNIFF,
-        *extra,
-    ]
-    return (
-        {"type": "http.response.start", "status": status, "headers": headers},
-        {"type": "http.response.body", "body": body},
-    )
-
-
-NOT_FOUND = _plain(404, "Not Found")
-METHOD_NOT_ALLOWED = _plain(405, "Method Not Allowed", (b"allow", b"GET, HEAD"))
-PRECONDITION_FAILED = _plain(412, "Precondition Failed")
-STORAGE_FAILURES = {
-    502: _plain(502, "Bad Gateway"),
-    503: _plain(503, "Service Unavailable", (b"retry-after", b"5")),
-    504: _plain(504, "Gateway Timeout"),
-}
-
-
-def _storage_failure(exc: StorageUnavailable) -> tuple[Message, Message]:
-    return STORAGE_FAILURES[FAILURE_STATUS.get(exc.kind, DEFAULT_FAILURE_STATUS)]
 
 
 class Exchange:
@@ -145,7 +106,7 @@ class Edge:
         self.revocations = Revocations(settings.revocation_file)
         self.representation = lru_cache(maxsize=4096)(self._representation)
         self.trusted_proxies = parse_networks(settings.trusted_proxies)
-        self.draining = False
+        self.drain = Drain()
         routes = [Route("/healthz", self.healthz), Route("/readyz", self.readyz)]
         if serve_metrics:
             routes.append(Route("/metrics", metrics_endpoint))
@@ -162,38 +123,10 @@ class Edge:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        async with contextlib.AsyncExitStack() as stack:
-            for storage in self.storages:
-                await storage.start()
-                stack.push_async_callback(storage.aclose)
-            await self.revocations.load()
-            watcher = asyncio.create_task(self.revocations.watch())
-            stack.callback(watcher.cancel)
+        async with serving(self.storages, self.revocations) as stack:
             stack.callback(worker_exiting)
-            self._notice_draining()
+            self.drain.watch_signals()
             yield
-
-    def _notice_draining(self) -> None:
-        """Turn /readyz to 503 the moment SIGTERM arrives, then let uvicorn drain.
-
-        uvicorn owns the signal handlers (it stops accepting and waits up to
-        the drain time for running downloads); we chain in front of its
-        handler rather than replace it.
-        """
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous = signal.getsignal(signum)
-            if not callable(previous):
-                continue
-
-            def chained(sig: int, frame: Any, previous: Callable[[int, Any], Any] = previous) -> None:
-                if not self.draining:
-                    self.draining = True
-                    log.info("draining: readiness is now 503; running downloads may finish")
-                previous(sig, frame)
-
-            signal.signal(signum, chained)
 
     async def healthz(self, request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok\n", headers={"cache-control": "no-store"})
@@ -210,11 +143,11 @@ class Edge:
         states = [(storage, await storage.ready()) for storage in self.storages]
         body = "".join(f"{storage.label}: {'ok' if ok else 'unavailable'}\n" for storage, ok in states)
         ready = (
-            not self.draining
+            not self.drain.started
             and any(ok for _, ok in states)
             and all(ok for storage, ok in states if storage.local)
         )
-        if self.draining:
+        if self.drain.started:
             body += "draining\n"
         return PlainTextResponse(body, status_code=200 if ready else 503, headers={"cache-control": "no-store"})
 
@@ -233,7 +166,7 @@ class Edge:
             (b"accept-ranges", b"bytes"),
             *validators,
             (b"content-disposition", content_disposition(name, inline).encode()),
-            _NOSNIFF,
+            NOSNIFF,
         ]
         return Representation(content_type, etag, mtime, headers, validators)
 
@@ -284,7 +217,7 @@ class Edge:
     async def serve(self, scope: Scope, receive: Receive, send: Send, exchange: Exchange) -> None:
         method = scope["method"]
         if method != "GET" and method != "HEAD":
-            await _send_pair(send, METHOD_NOT_ALLOWED)
+            await send_reply(send, METHOD_NOT_ALLOWED)
             return
         token = scope["path"][1:]
         params = _query_params(scope["query_string"])
@@ -304,7 +237,7 @@ class Edge:
             return
         except StorageUnavailable as exc:
             exchange.reason, exchange.detail = "storage", exc.kind
-            await _send_pair(send, _storage_failure(exc))
+            await send_reply(send, storage_failure(exc))
             return
         exchange.backend = storage.label
         try:
@@ -349,7 +282,7 @@ class Edge:
                 (b"content-disposition", disposition.encode()),
                 (b"cache-control", self.settings.cache_control.encode()),
             ]
-        headers += [(b"content-length", b"0"), _NOSNIFF]
+        headers += [(b"content-length", b"0"), NOSNIFF]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
 
@@ -373,7 +306,7 @@ class Edge:
                 await send({"type": "http.response.body", "body": b""})
                 return
             if status == 412:
-                await _send_pair(send, PRECONDITION_FAILED)
+                await send_reply(send, PRECONDITION_FAILED)
                 return
 
         spans: tuple[Span, ...] | None = None
@@ -384,16 +317,14 @@ class Edge:
                 try:
                     spans = parse_range(range_header.decode("latin-1"), file.size, self.settings.max_ranges)
                 except RangeNotSatisfiable:
-                    await _send_pair(
-                        send, _plain(416, "Range Not Satisfiable", (b"content-range", f"bytes */{file.size}".encode()))
-                    )
+                    await send_reply(send, range_not_satisfiable(file.size))
                     return
 
         if spans is None:
-            status, length, pieces = 200, file.size, _file_pieces(file, ((0, file.size),))
+            status, length, pieces = 200, file.size, file_pieces(file, ((0, file.size),))
             headers = [*rep.headers, (b"content-length", str(length).encode())]
         elif len(spans) == 1:
-            status, length, pieces = 206, spans[0][1] - spans[0][0], _file_pieces(file, spans)
+            status, length, pieces = 206, spans[0][1] - spans[0][0], file_pieces(file, spans)
             headers = [
                 *rep.headers,
                 (b"content-length", str(length).encode()),
@@ -402,7 +333,7 @@ class Edge:
         else:
             boundary = new_boundary()
             length, parts, closing = multipart_plan(spans, file.size, rep.content_type, boundary)
-            status, pieces = 206, _multipart_pieces(file, parts, closing)
+            status, pieces = 206, multipart_pieces(file, parts, closing)
             headers = [
                 (b"content-type", f"multipart/byteranges; boundary={boundary}".encode()),
                 *rep.headers[1:],
@@ -413,110 +344,14 @@ class Edge:
             await send(start)
             await send({"type": "http.response.body", "body": b""})
             return
-        await self._stream(start, pieces, length, receive, send)
-
-    async def _stream(
-        self, start: Message, pieces: AsyncIterator[bytes], length: int, receive: Receive, send: Send
-    ) -> None:
-        """Send the body with backpressure; stop reading when the client leaves.
-
-        Headers go out with the first chunk, so a storage that fails before
-        any byte is read still gets a clean 5xx. One chunk is held back so
-        the last goes out with `more_body: False` (a small file is a single
-        send). After the headers, a failure aborts the connection: the
-        client sees a short transfer against Content-Length and can resume,
-        rather than a 200 whose body is silently cut.
-        """
-        streaming = length > self.settings.chunk_size
-        gone = asyncio.ensure_future(_disconnected(receive)) if streaming else None
-        held: bytes | None = None
-        if streaming:
-            ACTIVE_STREAMS.inc()
-        try:
-            async with contextlib.aclosing(pieces):
-                async for data in pieces:
-                    if held is None:
-                        held = data
-                        continue
-                    if start:
-                        await send(start)
-                        start = {}
-                    await send({"type": "http.response.body", "body": held, "more_body": True})
-                    held = data
-                    if gone is not None and gone.done():
-                        log.info("client went away mid-body; stopped reading")
-                        return
-        except StorageUnavailable as exc:
-            if not start:
-                raise  # headers are out: abort the connection (uvicorn closes it)
-            await _send_pair(send, _storage_failure(exc))
-            raise
-        finally:
-            if gone is not None:
-                gone.cancel()
-                ACTIVE_STREAMS.dec()
-        if start:
-            await send(start)
-        await send({"type": "http.response.body", "body": held or b""})
-
-
-_REFUSALS = {404: NOT_FOUND, 403: _plain(403, "Forbidden"), 410: _plain(410, "Gone")}
+        await stream_body(start, pieces, length, self.settings.chunk_size, receive, send)
 
 
 async def _reject(send: Send, exchange: Exchange, token: str, reason: str, detail: str, status: int) -> None:
     """Refuse a link: the reason goes to the log (token cut to 8) and the metric, never to the client."""
     child(REJECTED, reason).inc()
     exchange.reason, exchange.detail = reason, detail
-    await _send_pair(send, _REFUSALS[status])
-
-
-async def _send_pair(send: Send, pair: tuple[Message, Message]) -> None:
-    await send(pair[0])
-    await send(pair[1])
-
-
-async def _disconnected(receive: Receive) -> None:
-    """Return when the client has gone (or the response is complete)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _file_pieces(file: StoredFile, spans: tuple[Span, ...]) -> AsyncIterator[bytes]:
-    for start, stop in spans:
-        async with contextlib.aclosing(file.iter_bytes(start, stop)) as chunks:
-            async for data in chunks:
-                yield data
-
-
-async def _multipart_pieces(file: StoredFile, parts: list[tuple[bytes, Span]], closing: bytes) -> AsyncIterator[bytes]:
-    for head, (start, stop) in parts:
-        yield head
-        async with contextlib.aclosing(file.iter_bytes(start, stop)) as chunks:
-            async for data in chunks:
-                yield data
-    yield closing
-
-
-def build_storages(settings: Settings) -> list[Storage]:
-    """One backend per configured storage URL, in fallback order."""
-    storages: list[Storage] = []
-    for spec in settings.storages:
-        if isinstance(spec, FileStorage):
-            storages.append(
-                DiskStorage(
-                    spec.root,
-                    settings.chunk_size,
-                    settings.disk_cache_seconds,
-                    settings.disk_cache_bytes,
-                    spec.accel_redirect,
-                )
-            )
-        else:
-            # Imported here: botocore costs ~40 MiB per worker that disk-only deployments need not pay.
-            from .storage.s3 import S3Storage
-
-            storages.append(S3Storage(spec, settings.s3, settings.chunk_size))
-    return storages
+    await send_reply(send, REFUSALS[status])
 
 
 def create_app(settings: Settings | None = None) -> Edge:

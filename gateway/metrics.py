@@ -28,7 +28,6 @@ from prometheus_client import (
 
 from .config import MULTIPROC_ENV
 
-
 REQUESTS = Counter(
     "gateway_requests_total",
     "Edge file requests answered, by method and status (not /metrics or /healthz).",
@@ -63,6 +62,7 @@ STORAGE_ERRORS = Counter(
     "Storage failures (timeouts, connection errors, S3 5xx, I/O errors), by backend and kind.",
     ["backend", "kind"],
 )
+
 
 @cache
 def child(metric: Counter | Histogram, *labels: str) -> Any:

@@ -27,12 +27,15 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    ConnectionError as BotoConnectionError,
     ConnectTimeoutError,
     ReadTimeoutError,
 )
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
+)
 
-from ..config import S3Client, S3Storage as S3Spec
+from ..config import S3Client
+from ..config import S3Storage as S3Spec
 from . import NotFound, StorageUnavailable
 from .cache import TimedCache
 
