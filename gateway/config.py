@@ -103,7 +103,7 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     cache_control: str = "private, max-age=3600"
     max_ranges: int = 16
-    chunk_size: int = 256 * 1024
+    chunk_size: int = 512 * 1024
     access_log: bool = True
     disk_cache_seconds: float = 1.0
     disk_cache_bytes: int = 32 * 1024 * 1024

@@ -58,7 +58,7 @@ def test_environment_only(store):
     assert settings.keys == (K1,)
     assert settings.storages == (FileStorage(root=store.resolve()),)
     assert settings.dev_dir is None
-    assert settings.max_ranges == 16 and settings.chunk_size == 256 * 1024 and settings.access_log is True
+    assert settings.max_ranges == 16 and settings.chunk_size == 512 * 1024 and settings.access_log is True
 
 
 def test_toml_file_values(tmp_path, store):
