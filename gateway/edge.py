@@ -320,31 +320,35 @@ class Edge:
                     await send_reply(send, range_not_satisfiable(file.size))
                     return
 
-        if spans is None:
-            status, length, pieces = 200, file.size, file_pieces(file, ((0, file.size),))
+        multipart = spans is not None and len(spans) > 1
+        if not multipart:
+            span = spans[0] if spans else (0, file.size)
+            length = span[1] - span[0]
             headers = [*rep.headers, (b"content-length", str(length).encode())]
-        elif len(spans) == 1:
-            status, length, pieces = 206, spans[0][1] - spans[0][0], file_pieces(file, spans)
-            headers = [
-                *rep.headers,
-                (b"content-length", str(length).encode()),
-                (b"content-range", content_range(spans[0], file.size).encode()),
-            ]
+            if spans:
+                headers.append((b"content-range", content_range(span, file.size).encode()))
         else:
             boundary = new_boundary()
             length, parts, closing = multipart_plan(spans, file.size, rep.content_type, boundary)
-            status, pieces = 206, multipart_pieces(file, parts, closing)
             headers = [
                 (b"content-type", f"multipart/byteranges; boundary={boundary}".encode()),
                 *rep.headers[1:],
                 (b"content-length", str(length).encode()),
             ]
-        start = {"type": "http.response.start", "status": status, "headers": headers}
+        start = {"type": "http.response.start", "status": 206 if spans else 200, "headers": headers}
         if method == "HEAD":
             await send(start)
             await send({"type": "http.response.body", "body": b""})
-            return
-        await stream_body(start, pieces, length, self.settings.chunk_size, receive, send)
+        elif multipart:
+            await stream_body(
+                start, multipart_pieces(file, parts, closing), length, self.settings.chunk_size, receive, send
+            )
+        elif file.whole is not None:
+            # A small file already in memory: one send, none of the streaming machinery.
+            await send(start)
+            await send({"type": "http.response.body", "body": file.whole[span[0] : span[1]] if spans else file.whole})
+        else:
+            await stream_body(start, file_pieces(file, (span,)), length, self.settings.chunk_size, receive, send)
 
 
 async def _reject(send: Send, exchange: Exchange, token: str, reason: str, detail: str, status: int) -> None:

@@ -31,6 +31,7 @@ class StoredFile(Protocol):
     size: int
     mtime: int  # whole seconds, as HTTP dates carry
     etag: str  # a strong validator, quoted as HTTP sends it
+    whole: bytes | None  # the content, when it is already in memory (a small file)
 
     def iter_bytes(self, start: int, stop: int) -> AsyncIterator[bytes]:
         """Bytes [start, stop) in bounded chunks; raises StorageUnavailable if cut short."""

@@ -35,19 +35,19 @@ _close = wrap(os.close)
 class DiskFile:
     """An open regular file, or the whole of a small one already in memory."""
 
-    __slots__ = ("size", "mtime", "etag", "_fd", "_data", "_chunk")
+    __slots__ = ("size", "mtime", "etag", "whole", "_fd", "_chunk")
 
     def __init__(self, size: int, mtime: int, fd: int | None, data: bytes | None, chunk: int) -> None:
         self.size = size
         self.mtime = mtime
         self.etag = entity_tag(size, mtime)
         self._fd = fd
-        self._data = data
+        self.whole = data
         self._chunk = chunk
 
     async def iter_bytes(self, start: int, stop: int) -> AsyncIterator[bytes]:
-        if self._data is not None:
-            yield self._data if (start, stop) == (0, self.size) else self._data[start:stop]
+        if self.whole is not None:
+            yield self.whole if (start, stop) == (0, self.size) else self.whole[start:stop]
             return
         assert self._fd is not None
         fd, chunk = self._fd, self._chunk

@@ -63,12 +63,13 @@ def _failure(exc: Exception) -> StorageUnavailable:
 class S3Object:
     """One object version found by HEAD; spans are read with ranged GETs."""
 
-    __slots__ = ("size", "mtime", "etag", "_storage", "_key")
+    __slots__ = ("size", "mtime", "etag", "whole", "_storage", "_key")
 
     def __init__(self, storage: S3Storage, key: str, size: int, mtime: int, etag: str) -> None:
         self.size = size
         self.mtime = mtime
         self.etag = etag
+        self.whole = None  # bodies always stream from S3
         self._storage = storage
         self._key = key
 
