@@ -95,7 +95,6 @@ class Settings:
     storages: tuple[StorageSpec, ...]
     public_url: str | None = None
     s3: S3Client = field(default_factory=S3Client)
-    api_clients: str | None = None  # as configured (comma-separated); `clients` is the parsed form
     clients: tuple[ApiClient, ...] = ()
     revocation_file: Path | None = None
     require_signed: bool = False
@@ -476,9 +475,6 @@ def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | 
             where("edge.drain_seconds"), values.get("edge.drain_seconds", Settings.drain_seconds), 3600
         ),
         trusted_proxies=_trusted_proxies(where("edge.trusted_proxies"), values.get("edge.trusted_proxies")),
-        api_clients=",".join(_api_client_entries(where("api_clients"), values["api_clients"]))
-        if values.get("api_clients")
-        else None,
         clients=_api_clients(where("api_clients"), values.get("api_clients")),
         cache_control=cache_control,
         max_ranges=_as_int(where("edge.max_ranges"), values.get("edge.max_ranges", Settings.max_ranges), 1, 1000),

@@ -81,7 +81,7 @@ access_log = false
     assert settings.keys == (K1,)
     assert settings.storages == (FileStorage(root=store.resolve()),)
     assert settings.public_url == "https://storage.example.com"
-    assert settings.api_clients == f"crm:{'ab' * 32}:/300/"
+    assert [(c.id, c.token_sha256, c.prefix) for c in settings.clients] == [("crm", bytes.fromhex("ab" * 32), "300/")]
     assert settings.cache_control == "no-store"
     assert settings.max_ranges == 4
     assert settings.chunk_size == 65536
