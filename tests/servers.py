@@ -361,13 +361,18 @@ def start_gateway(
     storage_url: str | None = None,
     extra_args: Sequence[str] = (),
     split_stderr: bool = False,
+    command_prefix: Sequence[str] = (),
 ) -> Gateway:
     """`extra_args` are appended to the serve command line (e.g. `--metrics-port N`);
-    `split_stderr` writes stderr to its own file (`Gateway.stderr_log`), so `log` holds stdout alone."""
+    `split_stderr` writes stderr to its own file (`Gateway.stderr_log`), so `log` holds stdout alone;
+    `command_prefix` runs the command through a wrapper that execs it (e.g. `setpriv … --`), so
+    `Gateway.pid` is still the gateway's."""
     options = ["--workers", str(workers)] if workers != 1 else []
     options += list(extra_args)
     env = gateway_environment(keys, root, extra_env=extra_env, storage_url=storage_url)
-    process, base_url, log = _start_command("serve", options, env, workdir, "gateway", split_stderr=split_stderr)
+    process, base_url, log = _start_command(
+        "serve", options, env, workdir, "gateway", split_stderr=split_stderr, command_prefix=command_prefix
+    )
     return Gateway(process, base_url, tuple(keys), root, log, _stderr_path(log) if split_stderr else None)
 
 
@@ -383,15 +388,17 @@ def _start_command(
     name: str,
     *,
     split_stderr: bool = False,
+    command_prefix: Sequence[str] = (),
 ) -> tuple[subprocess.Popen[bytes], str, Path]:
-    """Run `storage-gateway COMMAND --host --port … OPTIONS` in its own session; wait until /healthz answers."""
+    """Run `[PREFIX…] storage-gateway COMMAND --host --port … OPTIONS` in its own session;
+    wait until /healthz answers."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = workdir / f"{name}-{port}.log"
     with log.open("wb") as sink, contextlib.ExitStack() as stack:
         errors = stack.enter_context(_stderr_path(log).open("wb")) if split_stderr else subprocess.STDOUT
         process = subprocess.Popen(
-            ["storage-gateway", command, "--host", HOST, "--port", str(port), *options],
+            [*command_prefix, "storage-gateway", command, "--host", HOST, "--port", str(port), *options],
             env=dict(env),
             cwd=workdir,
             stdin=subprocess.DEVNULL,
@@ -415,6 +422,7 @@ def running_gateway(
     storage_url: str | None = None,
     extra_args: Sequence[str] = (),
     split_stderr: bool = False,
+    command_prefix: Sequence[str] = (),
 ) -> Iterator[Gateway]:
     gateway = start_gateway(
         root,
@@ -425,6 +433,7 @@ def running_gateway(
         storage_url=storage_url,
         extra_args=extra_args,
         split_stderr=split_stderr,
+        command_prefix=command_prefix,
     )
     try:
         yield gateway
