@@ -182,6 +182,14 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     if settings.dev_dir is not None:
         _print_dev_banner(settings, args.host, args.port)
+    cache_dir = settings.transcode.cache_dir
+    try:
+        # Made here, once, so a directory that cannot be made stops `serve` at once (exit 2).
+        cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"storage-gateway: configuration error: transcode.cache_dir: cannot make {cache_dir}: {exc.strerror}",
+              file=sys.stderr)  # fmt: skip
+        return 2
     # Workers are fresh interpreters: they re-read the same configuration.
     if args.config:
         os.environ[CONFIG_FILE_ENV] = str(args.config.resolve())

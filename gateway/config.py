@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -70,6 +71,23 @@ class S3Client:
 
 
 @dataclass(frozen=True)
+class Transcode:
+    """Renditions: playable audio for inline links, ?format= conversions, ?peaks= waveforms.
+
+    `inline`: inline links to audio browsers cannot play get a PCM WAV
+    rendition. `cache_dir`/`cache_bytes`: where renditions are kept, and how
+    many bytes at most (least recently used evicted). `max_conversions`:
+    conversions running at once on this host (all workers sharing
+    `cache_dir`); past it the answer is 503 with Retry-After.
+    """
+
+    inline: bool = True
+    cache_dir: Path = Path(tempfile.gettempdir()) / "storage-gateway-renditions"
+    cache_bytes: int = 1024 * 1024 * 1024
+    max_conversions: int = 2
+
+
+@dataclass(frozen=True)
 class ApiClient:
     """One link-API client: its id, the SHA-256 of its bearer token, the paths it may link to.
 
@@ -106,6 +124,7 @@ class Settings:
     access_log: bool = True
     disk_cache_seconds: float = 1.0
     disk_cache_bytes: int = 32 * 1024 * 1024
+    transcode: Transcode = field(default_factory=Transcode)
     # Set when no key and no storage were configured: the embedded default.
     dev_dir: Path | None = field(default=None)
 
@@ -135,6 +154,10 @@ _SETTINGS = {
     "edge.access_log": "GATEWAY_ACCESS_LOG",
     "disk.cache_seconds": "GATEWAY_DISK_CACHE_SECONDS",
     "disk.cache_bytes": "GATEWAY_DISK_CACHE_BYTES",
+    "transcode.inline": "GATEWAY_TRANSCODE_INLINE",
+    "transcode.cache_dir": "GATEWAY_TRANSCODE_CACHE_DIR",
+    "transcode.cache_bytes": "GATEWAY_TRANSCODE_CACHE_BYTES",
+    "transcode.max_conversions": "GATEWAY_TRANSCODE_MAX_CONVERSIONS",
 }
 CONFIG_FILE_ENV = "GATEWAY_CONFIG"
 # prometheus-client's multiprocess directory: set by `serve` for its workers.
@@ -332,6 +355,38 @@ def _s3_client(values: Mapping[str, object], where: Callable[[str], str]) -> S3C
     )
 
 
+def _cache_dir(setting: str, value: object) -> Path:
+    """An absolute directory this process may write, or one it may create (made by `serve`)."""
+    path = Path(str(value)).expanduser()
+    if not path.is_absolute():
+        raise ConfigError(setting, f"{path} must be an absolute directory")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if existing == path and not path.is_dir():
+        raise ConfigError(setting, f"{path} exists and is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(setting, f"{existing} is not writable by this process")
+    return path
+
+
+def _transcode(values: Mapping[str, object], where: Callable[[str], str]) -> Transcode:
+    default = Transcode()
+    return Transcode(
+        inline=_as_bool(where("transcode.inline"), values.get("transcode.inline", default.inline)),
+        cache_dir=_cache_dir(where("transcode.cache_dir"), values.get("transcode.cache_dir", default.cache_dir)),
+        cache_bytes=_as_int(
+            where("transcode.cache_bytes"), values.get("transcode.cache_bytes", default.cache_bytes), 1024 * 1024, 2**50
+        ),
+        max_conversions=_as_int(
+            where("transcode.max_conversions"),
+            values.get("transcode.max_conversions", default.max_conversions),
+            1,
+            256,
+        ),
+    )
+
+
 def _trusted_proxies(setting: str, value: object) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -488,5 +543,6 @@ def load_settings(config_file: Path | None = None, environ: Mapping[str, str] | 
         disk_cache_bytes=_as_int(
             where("disk.cache_bytes"), values.get("disk.cache_bytes", Settings.disk_cache_bytes), 0, 2**40
         ),
+        transcode=_transcode(values, where),
         dev_dir=dev_dir,
     )

@@ -13,9 +13,10 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from types import MappingProxyType
 from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
@@ -39,6 +40,8 @@ from .replies import (
     NOSNIFF,
     PRECONDITION_FAILED,
     REFUSALS,
+    Reply,
+    plain,
     range_not_satisfiable,
     send_reply,
     storage_failure,
@@ -49,12 +52,15 @@ from .signing import SIGNATURE, LinkRefused, LinkSigner
 from .storage import Storage, StorageUnavailable, StoredFile
 from .storage.configured import build_storages
 from .streaming import file_pieces, multipart_pieces, stream_body
+from .transcode.renditions import Renditions, source_name
+from .transcode.request import Refused
 
 log = logging.getLogger("gateway.edge")
 METRICS_PORT_ENV = "GATEWAY_METRICS_PORT"
 
 _CONDITIONAL = (b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since")
 _TRUE = {"1", "true", "yes", "on"}
+RENDITION_BACKEND = "rendition"  # the `backend` of bytes sent from the rendition cache
 
 
 class Exchange:
@@ -88,11 +94,17 @@ class Representation:
     validators: Headers  # sent with 304
 
 
-def _query_params(query: bytes) -> dict[str, str]:
-    """The query string as a dict (last value wins); most links have none."""
-    if not query:
-        return {}
-    return dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+_NO_PARAMS: Mapping[str, str] = MappingProxyType({})
+
+
+@lru_cache(maxsize=4096)
+def _parsed_query(query: bytes) -> Mapping[str, str]:
+    return MappingProxyType(dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True)))
+
+
+def _query_params(query: bytes) -> Mapping[str, str]:
+    """The query string as a read-only mapping (last value wins), parsed once per distinct query."""
+    return _parsed_query(query) if query else _NO_PARAMS
 
 
 class Edge:
@@ -107,6 +119,11 @@ class Edge:
         self.representation = lru_cache(maxsize=4096)(self._representation)
         self.trusted_proxies = parse_networks(settings.trusted_proxies)
         self.drain = Drain()
+        self.renditions = Renditions(settings.transcode, settings.chunk_size)
+        # What names each storage in rendition cache keys (its root or bucket, not just its label).
+        self._sources = {
+            id(storage): source_name(spec, settings) for storage, spec in zip(self.storages, settings.storages)
+        }
         routes = [Route("/healthz", self.healthz), Route("/readyz", self.readyz)]
         if serve_metrics:
             routes.append(Route("/metrics", metrics_endpoint))
@@ -124,6 +141,8 @@ class Edge:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         async with serving(self.storages, self.revocations) as stack:
+            await self.renditions.start()
+            stack.push_async_callback(self.renditions.aclose)
             stack.callback(worker_exiting)
             self.drain.watch_signals()
             yield
@@ -247,18 +266,43 @@ class Edge:
             inline = params.get("inline", "").lower() in _TRUE
             # Only a signed link may rename the download: the name is part of what was signed.
             name = (signed and params.get("filename", "").rpartition("/")[2]) or path.rpartition("/")[2]
+            # A rendition (?format=, ?peaks=, or inline audio browsers cannot play) is always
+            # sent by the gateway itself: neither S3 nor nginx holds it.
+            wanted = self.renditions.wanted(params, inline)
+            if wanted is not None:
+                try:
+                    rendition = await self.renditions.open(file, self._source(storage), path, wanted)
+                except StorageUnavailable as exc:
+                    await send_reply(send, storage_failure(exc))  # nothing was sent yet
+                    raise
+                if rendition is not None:
+                    exchange.backend = RENDITION_BACKEND
+                    try:
+                        rep = self.representation(
+                            wanted.rename(path), wanted.rename(name), rendition.etag, rendition.mtime, inline
+                        )
+                        await self._respond(scope, receive, send, rendition, rep)
+                    finally:
+                        await rendition.close()
+                    return
             if storage.handoff is not None:
                 await self._handoff(send, storage, path, name, inline)
             else:
                 await self._respond(
                     scope, receive, send, file, self.representation(path, name, file.etag, file.mtime, inline)
                 )
+        except Refused as exc:
+            exchange.reason, exchange.detail = exc.reason, exc.message
+            await send_reply(send, _refusal(exc))
         except StorageUnavailable as exc:
             log.error("storage %s failed while streaming token=%s kind=%s: %s", storage.label, token[:8], exc.kind, exc)
             child(STORAGE_ERRORS, storage.label, exc.kind).inc()
             exchange.reason, exchange.detail = "storage", exc.kind
         finally:
             await file.close()
+
+    def _source(self, storage: Storage) -> str:
+        return self._sources.get(id(storage)) or f"{storage.label}:{storage!r}"
 
     async def _handoff(self, send: Send, storage: Storage, path: str, name: str, inline: bool) -> None:
         """Let another server send the bytes, with the name and type we decided.
@@ -359,6 +403,12 @@ async def _reject(send: Send, exchange: Exchange, token: str, reason: str, detai
     child(REJECTED, reason).inc()
     exchange.reason, exchange.detail = reason, detail
     await send_reply(send, REFUSALS[status])
+
+
+def _refusal(exc: Refused) -> Reply:
+    """400, 415 or 503 for a rendition, with what went wrong in the body (the link itself was good)."""
+    extra = [(b"retry-after", str(exc.retry_after).encode())] if exc.retry_after else []
+    return plain(exc.status, exc.message, *extra)
 
 
 def create_app(settings: Settings | None = None) -> Edge:

@@ -63,9 +63,45 @@ STORAGE_ERRORS = Counter(
     ["backend", "kind"],
 )
 
+# Renditions (gateway.transcode). `format` is wav, mp3, opus or peaks; `codec`
+# is FFmpeg's name for the source's audio (gsm_ms, adpcm_g726, pcm_mulaw, …).
+CONVERSIONS = Counter(
+    "gateway_conversions_total",
+    "Conversions completed, by the source's audio codec and the output format.",
+    ["codec", "format"],
+)
+CONVERSION_DURATION = Histogram(
+    "gateway_conversion_duration_seconds",
+    "Time to make a rendition (copying the source and converting it), by output format.",
+    ["format"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+CONVERSION_FAILURES = Counter(
+    "gateway_conversion_failures_total",
+    "Rendition requests answered 415, by output format and reason: undecodable (no audio the gateway can decode) "
+    "or crashed (the converter died on it).",
+    ["format", "reason"],
+)
+RENDITION_CACHE = Counter(
+    "gateway_rendition_cache_total",
+    "Rendition requests by output format and result: hit (already converted) or miss (waited for a conversion).",
+    ["format", "result"],
+)
+CONVERSIONS_REFUSED = Counter(
+    "gateway_conversions_refused_total",
+    "Rendition requests answered 503 because conversions were at their limit, by output format.",
+    ["format"],
+)
+ACTIVE_CONVERSIONS = Gauge(
+    "gateway_active_conversions",
+    "Conversions running now, by output format.",
+    ["format"],
+    multiprocess_mode="livesum",
+)
+
 
 @cache
-def child(metric: Counter | Histogram, *labels: str) -> Any:
+def child(metric: Counter | Gauge | Histogram, *labels: str) -> Any:
     """`metric.labels(*labels)`, remembered: label sets here are few and fixed, lookups many."""
     return metric.labels(*labels)
 

@@ -1,0 +1,82 @@
+"""Which container and audio codec a recording really holds, and whether browsers play it.
+
+Decided from what PyAV (FFmpeg) finds in the bytes, never from the file's
+name: a GSM 6.10 WAV is a `.wav` like a PCM one, and only one of them plays.
+Probing reads the head of the file only (`PROBE_BYTES`), which is where
+every format recordings come in (WAV, MP3, Ogg, FLAC, AMR, …) says what it
+holds; it runs in a thread of the edge process (it takes about a
+millisecond), never in the conversion pool, so a busy pool cannot delay
+playback of files that need no conversion.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+PROBE_BYTES = 256 * 1024
+
+# (container as FFmpeg names it, codec) pairs that Chromium, Firefox and
+# Safari play. Only these are served as they are to inline links; anything
+# else that holds audio gets the PCM WAV rendition. PCM in WAV means the
+# sample formats browsers' WAV support covers (µ-law and A-law included);
+# the rare others are converted, which is cheap.
+PLAYABLE: dict[str, frozenset[str]] = {
+    "wav": frozenset({"pcm_u8", "pcm_s16le", "pcm_s24le", "pcm_s32le", "pcm_f32le", "pcm_mulaw", "pcm_alaw"}),
+    "mp3": frozenset({"mp3"}),
+    "ogg": frozenset({"opus", "vorbis", "flac"}),
+    "flac": frozenset({"flac"}),
+    "aac": frozenset({"aac"}),
+    "mov,mp4,m4a,3gp,3g2,mj2": frozenset({"aac", "mp3", "opus", "flac"}),
+    "matroska,webm": frozenset({"opus", "vorbis"}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """What the head of a file holds.
+
+    `codec`: the canonical FFmpeg name of its first audio stream (None: no
+    audio found). `problem`: why it is not audio the gateway can read.
+    `complete`: the whole file was probed, so a problem is final (otherwise
+    the head alone may not tell, e.g. an MP4 whose index is at the end).
+    """
+
+    container: str | None
+    codec: str | None
+    video: bool
+    problem: str | None
+    complete: bool
+
+    @property
+    def audio(self) -> bool:
+        return self.codec is not None and self.problem is None
+
+    @property
+    def playable(self) -> bool:
+        """Whether browsers play the file as it is."""
+        return self.audio and self.codec in PLAYABLE.get(self.container or "", ())
+
+
+def probe(head: bytes, complete: bool) -> Probe:
+    """Probe the first bytes of a file (`complete`: they are the whole file)."""
+    import av  # here: the edge imports PyAV only once it has something to probe
+
+    try:
+        container = av.open(io.BytesIO(head), metadata_errors="ignore")
+    except (av.FFmpegError, ValueError, UnicodeDecodeError) as exc:
+        return Probe(None, None, False, f"not a recording the gateway can read ({_why(exc)})", complete)
+    with container:
+        video = bool(container.streams.video)
+        name = container.format.name
+        if not container.streams.audio:
+            return Probe(name, None, video, "the file holds no audio", complete)
+        stream = container.streams.audio[0]
+        context = stream.codec_context
+        if context is None or context.codec is None:
+            return Probe(name, None, video, "no decoder for its audio", complete)
+        return Probe(name, context.codec.canonical_name, video, None, complete)
+
+
+def _why(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or type(exc).__name__

@@ -1,0 +1,250 @@
+"""What the edge calls to serve a rendition in place of the original file.
+
+`Renditions.open()` takes the source file already found (any storage: disk
+or S3, through the `StoredFile` interface only) and what the link wants:
+
+1. Probe the source: its head is read through `iter_bytes` and probed with
+   PyAV in a thread; the answer is remembered per source version (path and
+   ETag).
+2. Decide. An inline link gets the PCM WAV rendition only when the file
+   holds audio browsers cannot play (and no picture, which a rendition
+   would drop); otherwise the original is served. `?format=` and `?peaks=`
+   always convert, and a file that holds no decodable audio is `415`.
+3. Serve the rendition from the cache, or convert it once: one task per
+   rendition in this process, awaited by every request that wants it, and
+   a lock per rendition across processes, so twenty players opening the
+   same new recording on four workers cost one conversion. A conversion
+   needs one of the host's `max_conversions` slots; when none is free the
+   answer is `503` with `Retry-After`, and nothing queues. A request that
+   waits for a conversion already running needs no slot.
+
+The rendition's ETag is the source's with the variant appended
+(`"5f3c-9b2e"` -> `"5f3c-9b2e-wav"`) and its Last-Modified is the source's,
+so validators stay stable across evictions and workers and change when the
+source does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import TypeVar
+
+from ..config import FileStorage, Settings, StorageSpec, Transcode
+from ..metrics import (
+    ACTIVE_CONVERSIONS,
+    CONVERSION_DURATION,
+    CONVERSION_FAILURES,
+    CONVERSIONS,
+    CONVERSIONS_REFUSED,
+    RENDITION_CACHE,
+    child,
+)
+from ..storage import StoredFile
+from .cache import OpenRenditions, RenditionCache, RenditionFile
+from .pool import Converter, ConverterCrashed
+from .probe import PROBE_BYTES, Probe, probe
+from .request import Refused, Wanted, wanted
+
+log = logging.getLogger("gateway.transcode")
+V = TypeVar("V")
+
+RETRY_AFTER = 5  # seconds, with 503 when conversions are at their limit
+KEY_WAIT_SECONDS = 600.0  # longest wait for another process converting the same rendition
+KEY_POLL_SECONDS = 0.05
+REMEMBERED = 4096  # probes and undecodable sources remembered per worker
+_ORIGINAL_STILL_THERE = "the original is still available without format or peaks"
+
+
+def source_name(spec: StorageSpec, settings: Settings) -> str:
+    """What identifies a storage in rendition cache keys (two gateways may share a cache directory)."""
+    if isinstance(spec, FileStorage):
+        return spec.root.as_uri()
+    return f"s3://{spec.bucket}/{spec.prefix}@{settings.s3.endpoint_url or 'aws'}"
+
+
+def derived_etag(source_etag: str, variant: str) -> str:
+    opaque = source_etag.removeprefix("W/").strip('"')
+    return f'"{opaque}-{variant}"'
+
+
+class Renditions:
+    def __init__(self, settings: Transcode, chunk_size: int) -> None:
+        self.settings = settings
+        self.cache = RenditionCache(settings.cache_dir, settings.cache_bytes, settings.max_conversions, chunk_size)
+        self.converter = Converter(settings.max_conversions)
+        self.open_files = OpenRenditions(chunk_size)
+        self._probes: OrderedDict[str, Probe] = OrderedDict()
+        self._undecodable: OrderedDict[str, str] = OrderedDict()
+        self._running: dict[str, asyncio.Future[None]] = {}
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.cache.prepare)
+
+    async def aclose(self) -> None:
+        self.converter.close()
+        self.open_files.close()
+        self.cache.close()
+
+    def wanted(self, params: Mapping[str, str], inline: bool) -> Wanted | None:
+        """What the query asks to convert (None: the original); Refused(400) for values not served."""
+        return wanted(params, inline, self.settings.inline)
+
+    async def open(self, file: StoredFile, source: str, path: str, wants: Wanted) -> RenditionFile | None:
+        """The rendition of `file` (`path` in storage `source`), or None to serve the original.
+
+        Raises Refused (415: no decodable audio; 503: conversions at their
+        limit) and StorageUnavailable (the source could not be read).
+        """
+        found = await self._probe(file, f"{source}\0{path}\0{file.etag}")
+        if not wants.explicit:
+            if not found.audio or found.playable or found.video:
+                return None
+        elif found.problem is not None and found.complete:
+            raise _undecodable(wants, found.problem)
+        key = hashlib.sha256(f"{source}\0{path}\0{file.etag}\0{wants.variant}".encode()).hexdigest()[:40]
+        problem = self._undecodable.get(key)
+        if problem is not None:
+            raise _undecodable(wants, problem)
+        return await self._rendition(key, derived_etag(file.etag, wants.variant), file, wants)
+
+    # -- probing ---------------------------------------------------------------
+
+    async def _probe(self, file: StoredFile, version: str) -> Probe:
+        found = self._probes.get(version)
+        if found is not None:
+            self._probes.move_to_end(version)
+            return found
+        if file.whole is not None:
+            head = file.whole[:PROBE_BYTES]
+        else:
+            parts = []
+            async with contextlib.aclosing(file.iter_bytes(0, min(file.size, PROBE_BYTES))) as chunks:
+                async for data in chunks:
+                    parts.append(data)
+            head = b"".join(parts)
+        found = await asyncio.to_thread(probe, head, len(head) >= file.size)
+        _remember(self._probes, version, found)
+        return found
+
+    # -- the cache, single flight ----------------------------------------------
+
+    async def _rendition(self, key: str, etag: str, file: StoredFile, wants: Wanted) -> RenditionFile:
+        loop = asyncio.get_running_loop()
+        waited = False
+        found = self.open_files.get(key, etag, file.mtime, loop.time())
+        if found is not None:
+            child(RENDITION_CACHE, wants.kind, "hit").inc()
+            return found
+        for _ in range(3):  # a rendition evicted between its conversion and its opening is made again
+            opened = await loop.run_in_executor(None, self.cache.open, key)
+            if opened is not None:
+                self.open_files.put(key, opened, loop.time())
+                found = self.open_files.get(key, etag, file.mtime, loop.time())
+                assert found is not None
+                child(RENDITION_CACHE, wants.kind, "miss" if waited else "hit").inc()
+                return found
+            task = self._running.get(key)
+            if task is None:
+                task = asyncio.ensure_future(self._convert(key, file, wants))
+                self._running[key] = task
+                task.add_done_callback(functools.partial(self._finished, key))
+            waited = True
+            # Shielded: a request that goes away does not cancel the conversion others wait for.
+            await asyncio.shield(task)
+        raise Refused(503, "evicted", "the rendition cache is too small; retry shortly", RETRY_AFTER)
+
+    def _finished(self, key: str, task: asyncio.Future[None]) -> None:
+        if self._running.get(key) is task:
+            del self._running[key]
+        if not task.cancelled():
+            task.exception()  # retrieved here, so an error nobody waits for is not reported as lost
+
+    async def _convert(self, key: str, file: StoredFile, wants: Wanted) -> None:
+        """Make rendition `key` unless another process does: then wait for it (no slot needed)."""
+        from .convert import Undecodable, render  # PyAV: imported by the first conversion, not at start
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + KEY_WAIT_SECONDS
+        while not self.cache.try_key(key):
+            if loop.time() > deadline:
+                raise Refused(503, "busy", "the conversion takes too long; retry later", RETRY_AFTER)
+            await asyncio.sleep(KEY_POLL_SECONDS)
+        try:
+            if await loop.run_in_executor(None, self.cache.exists, key):
+                return  # another worker made it while this one waited for the lock
+            slot = self.cache.try_slot()
+            if slot is None:
+                child(CONVERSIONS_REFUSED, wants.kind).inc()
+                raise Refused(503, "busy", "too many conversions are running; retry shortly", RETRY_AFTER)
+            active = child(ACTIVE_CONVERSIONS, wants.kind)
+            active.inc()
+            started = time.perf_counter()
+            try:
+                await self._copy(file, self.cache.source_path(key))
+                rendered = await self.converter.run(
+                    render, self.cache.source_path(key), self.cache.output_path(key), wants.kind, wants.pixels
+                )
+                await loop.run_in_executor(None, self.cache.store, key)
+            except Undecodable as exc:
+                _remember(self._undecodable, key, str(exc))
+                raise _undecodable(wants, str(exc)) from None
+            except ConverterCrashed:
+                child(CONVERSION_FAILURES, wants.kind, "crashed").inc()
+                raise Refused(415, "undecodable", f"the recording could not be converted; {_ORIGINAL_STILL_THERE}")
+            except OSError as exc:  # the cache directory full or unwritable: this host's problem, for now
+                log.error("rendition=%s could not be made: %s", key[:8], exc)
+                raise Refused(503, "cache", "the rendition cannot be made now; retry later", RETRY_AFTER) from None
+            finally:
+                self.cache.release_slot(slot)
+                active.dec()
+                await loop.run_in_executor(None, self.cache.remove_partial, key)
+            elapsed = time.perf_counter() - started
+            child(CONVERSIONS, rendered.codec, wants.kind).inc()
+            child(CONVERSION_DURATION, wants.kind).observe(elapsed)
+            log.info(
+                "converted rendition=%s codec=%s format=%s audio=%.1fs in %.3fs",
+                key[:8], rendered.codec, wants.kind, rendered.seconds, elapsed,
+            )  # fmt: skip
+        finally:
+            self.cache.release_key(key)
+
+    async def _copy(self, file: StoredFile, target: str) -> None:
+        """The source's bytes into a private file the converter reads (from any storage)."""
+        loop = asyncio.get_running_loop()
+        fd = await loop.run_in_executor(None, _create, target)
+        try:
+            async with contextlib.aclosing(file.iter_bytes(0, file.size)) as chunks:
+                async for data in chunks:
+                    await loop.run_in_executor(None, _write_all, fd, data)
+        finally:
+            await loop.run_in_executor(None, os.close, fd)
+
+
+def _undecodable(wants: Wanted, problem: str) -> Refused:
+    child(CONVERSION_FAILURES, wants.kind, "undecodable").inc()
+    return Refused(415, "undecodable", f"{problem}; {_ORIGINAL_STILL_THERE}")
+
+
+def _remember(table: OrderedDict[str, V], key: str, value: V) -> None:
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > REMEMBERED:
+        table.popitem(last=False)
+
+
+def _create(path: str) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
