@@ -656,3 +656,20 @@ def poll(probe: Callable[[], T], done: Callable[[T], bool], timeout: float = 5.0
         if done(value) or time.monotonic() >= deadline:
             return value
         time.sleep(interval)
+
+
+def download_sha256(gateway: Gateway, path: str) -> tuple[int, int, int, str]:
+    """(status, Content-Length, bytes received, sha256) of a GET, read in chunks (never whole in memory)."""
+    host, port = split_base(gateway.base_url)
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    try:
+        conn.request("GET", gateway.target(path))
+        response = conn.getresponse()
+        digest = hashlib.sha256()
+        received = 0
+        while chunk := response.read(MIB):
+            digest.update(chunk)
+            received += len(chunk)
+        return response.status, int(response.headers["Content-Length"]), received, digest.hexdigest()
+    finally:
+        conn.close()

@@ -8,7 +8,6 @@ checked byte for byte against the file (sha256 over the stream).
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
 import socket
 import time
@@ -23,6 +22,7 @@ from servers import (
     P64K,
     Gateway,
     Storage,
+    download_sha256,
     open_fds_to,
     poll,
     request,
@@ -130,23 +130,6 @@ def stream_closer() -> Iterator[list[Stream]]:
     yield streams
     for stream in streams:
         stream.close()
-
-
-def download_sha256(gateway: Gateway, path: str) -> tuple[int, int, int, str]:
-    """(status, Content-Length, bytes received, sha256) of a GET, read in chunks."""
-    host, port = split_base(gateway.base_url)
-    conn = http.client.HTTPConnection(host, port, timeout=60)
-    try:
-        conn.request("GET", gateway.target(path))
-        response = conn.getresponse()
-        digest = hashlib.sha256()
-        received = 0
-        while chunk := response.read(MIB):
-            digest.update(chunk)
-            received += len(chunk)
-        return response.status, int(response.headers["Content-Length"]), received, digest.hexdigest()
-    finally:
-        conn.close()
 
 
 def settle(gateway: Gateway, file: Path) -> None:

@@ -9,7 +9,6 @@ against the gateway's own code.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import time
 from collections.abc import Iterator, Mapping
@@ -37,12 +36,12 @@ from servers import (
     MIB,
     Gateway,
     Reply,
+    download_sha256,
     new_key,
     parse_byteranges,
     poll,
     request,
     running_gateway,
-    split_base,
 )
 
 BUCKET = "recordings"
@@ -148,23 +147,6 @@ def redirect_gateway(archive: Archive, tmp_path_factory: pytest.TempPathFactory)
 
 def get(gateway: Gateway, path: str, headers: Mapping[str, str] | None = None, method: str = "GET") -> Reply:
     return request(gateway.base_url, gateway.target(path), method=method, headers=headers)
-
-
-def download_sha256(gateway: Gateway, path: str) -> tuple[int, int, int, str]:
-    """(status, Content-Length, bytes received, sha256) of a GET read in chunks."""
-    host, port = split_base(gateway.base_url)
-    conn = http.client.HTTPConnection(host, port, timeout=60)
-    try:
-        conn.request("GET", gateway.target(path))
-        response = conn.getresponse()
-        digest = hashlib.sha256()
-        received = 0
-        while chunk := response.read(MIB):
-            digest.update(chunk)
-            received += len(chunk)
-        return response.status, int(response.headers["Content-Length"]), received, digest.hexdigest()
-    finally:
-        conn.close()
 
 
 # -- whole objects -------------------------------------------------------------
