@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             for server in (edge, api):
                 core.wait_until_up(server)
             issue = post_script(work, "single", {"path": "/300/call.mp3"}, bearer)
-            signed_request = {"path": "/300/call.mp3", "expires_in": 3600, "inline": True}
+            # Same response as the unsigned link (no inline, which may probe for a rendition): only the check differs.
+            signed_request = {"path": "/300/call.mp3", "expires_in": 3600}
             batch = post_script(work, "batch", {"links": [{"path": "/300/call.mp3"}] * BATCH}, bearer)
             unsigned_url = json.loads(_post(api.base_url, {"path": "/300/call.mp3"}, bearer))["record_url"]
             signed_url = json.loads(_post(api.base_url, signed_request, bearer))["record_url"]
