@@ -8,11 +8,19 @@ their own subdirectory of the same root.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# CI explores the same examples on every run (a red CI must be reproducible, and
+# never a lucky draw); locally hypothesis keeps exploring new ones.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 sys.path.insert(0, str(Path(__file__).parent))  # `servers` imports whatever the test package layout
 
