@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote
 
-from gateway.tokens import encrypt_path
+from gateway.tokens import TokenError, decrypt_token, encrypt_path
 
 T = TypeVar("T")
 
@@ -673,3 +673,16 @@ def download_sha256(gateway: Gateway, path: str) -> tuple[int, int, int, str]:
         return response.status, int(response.headers["Content-Length"]), received, digest.hexdigest()
     finally:
         conn.close()
+
+
+def undecryptable_token(key: bytes) -> str:
+    """A well-formed token that `key` does not decrypt to UTF-8 (reason `decrypt`)."""
+    other = new_key()
+    for number in range(1000):
+        token = encrypt_path(f"/foreign/{number}.mp3", other)
+        try:
+            decrypt_token(token, [key])
+        except TokenError as exc:
+            if exc.reason == "decrypt":
+                return token
+    raise AssertionError("no undecryptable token found")

@@ -29,9 +29,8 @@ from servers import (
     poll,
     running_gateway,
     split_base,
+    undecryptable_token,
 )
-
-from gateway.tokens import TokenError, decrypt_token, encrypt_path
 
 TRUSTED = "127.0.0.1, 10.0.0.0/8"
 UNTRUSTED_SOURCE = "127.0.0.2"  # any 127/8 address is local on Linux; not in TRUSTED
@@ -102,18 +101,6 @@ def send(
     return agent, reply
 
 
-def undecryptable(key: bytes) -> str:
-    other = new_key()
-    for number in range(1000):
-        token = encrypt_path(f"/elsewhere/{number}.mp3", other)
-        try:
-            decrypt_token(token, [key])
-        except TokenError as exc:
-            if exc.reason == "decrypt":
-                return token
-    raise AssertionError("no undecryptable token found")
-
-
 def test_one_json_line_per_request_with_the_fields(logged: Logged) -> None:
     gateway = logged.gateway
     file = gateway.target(P64K)
@@ -158,7 +145,7 @@ def test_refusals_log_their_reason(logged: Logged, reason: str) -> None:
     gateway = logged.gateway
     target = {
         "decode": "/" + "B" * 30 + "~",
-        "decrypt": "/" + undecryptable(gateway.key),
+        "decrypt": "/" + undecryptable_token(gateway.key),
         "path": gateway.target("/../outside/secret"),
         "not_found": gateway.target("/ops-log/missing.mp3"),
     }[reason]

@@ -44,9 +44,8 @@ from servers import (
     split_base,
     start_gateway,
     stop_process,
+    undecryptable_token,
 )
-
-from gateway.tokens import TokenError, decrypt_token, encrypt_path
 
 BIG = "/ops-metrics/big-32m.bin"
 CONTRACT_FAMILIES = {
@@ -115,19 +114,6 @@ def metered(storage: Storage, tmp_path_factory: pytest.TempPathFactory) -> Itera
         extra_args=["--metrics-port", str(port)],
     ) as gateway:
         yield Metered(gateway, f"http://{HOST}:{port}", tmpdir)
-
-
-def undecryptable_token(key: bytes) -> str:
-    """A well-formed token that no configured key decrypts to UTF-8."""
-    other = new_key()
-    for number in range(1000):
-        token = encrypt_path(f"/foreign/{number}.mp3", other)
-        try:
-            decrypt_token(token, [key])
-        except TokenError as exc:
-            if exc.reason == "decrypt":
-                return token
-    raise AssertionError("no undecryptable token found")
 
 
 @dataclass(frozen=True)
