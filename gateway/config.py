@@ -79,12 +79,16 @@ class Transcode:
     many bytes at most (least recently used evicted). `max_conversions`:
     conversions running at once on this host (all workers sharing
     `cache_dir`); past it the answer is 503 with Retry-After.
+    `max_cpu_seconds`: CPU time one conversion may use (0: no limit); past
+    it the recording is answered 415, so none holds a slot for ever.
     """
 
     inline: bool = True
     cache_dir: Path = Path(tempfile.gettempdir()) / "storage-gateway-renditions"
     cache_bytes: int = 1024 * 1024 * 1024
     max_conversions: int = 2
+    # Ten minutes of GSM take 0.3 s to WAV and 4 s to Opus here: 120 s is hours of audio.
+    max_cpu_seconds: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,7 @@ _SETTINGS = {
     "transcode.cache_dir": "GATEWAY_TRANSCODE_CACHE_DIR",
     "transcode.cache_bytes": "GATEWAY_TRANSCODE_CACHE_BYTES",
     "transcode.max_conversions": "GATEWAY_TRANSCODE_MAX_CONVERSIONS",
+    "transcode.max_cpu_seconds": "GATEWAY_TRANSCODE_MAX_CPU_SECONDS",
 }
 CONFIG_FILE_ENV = "GATEWAY_CONFIG"
 # prometheus-client's multiprocess directory: set by `serve` for its workers.
@@ -383,6 +388,11 @@ def _transcode(values: Mapping[str, object], where: Callable[[str], str]) -> Tra
             values.get("transcode.max_conversions", default.max_conversions),
             1,
             256,
+        ),
+        max_cpu_seconds=_as_seconds(
+            where("transcode.max_cpu_seconds"),
+            values.get("transcode.max_cpu_seconds", default.max_cpu_seconds),
+            24 * 3600,
         ),
     )
 

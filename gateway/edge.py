@@ -294,9 +294,10 @@ class Edge:
         except Refused as exc:
             exchange.reason, exchange.detail = exc.reason, exc.message
             await send_reply(send, _refusal(exc))
-        except StorageUnavailable as exc:
-            log.error("storage %s failed while streaming token=%s kind=%s: %s", storage.label, token[:8], exc.kind, exc)
-            child(STORAGE_ERRORS, storage.label, exc.kind).inc()
+        except StorageUnavailable as exc:  # `backend`: the storage, or "rendition" for a conversion cut short
+            backend = exchange.backend
+            log.error("storage %s failed while streaming token=%s kind=%s: %s", backend, token[:8], exc.kind, exc)
+            child(STORAGE_ERRORS, backend, exc.kind).inc()
             exchange.reason, exchange.detail = "storage", exc.kind
         finally:
             await file.close()

@@ -12,7 +12,9 @@ conversions run are printed (`pytest -s`) for the report, not checked.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import io
 import json
 import os
@@ -42,6 +44,7 @@ from servers import (
     poll,
     request,
     running_gateway,
+    split_base,
 )
 
 from gateway.signing import LinkSigner
@@ -57,6 +60,9 @@ CUT = "/calls/cut.wav"  # GSM WAV cut at 40 %: a call whose upload broke off
 HEADER_ONLY = "/calls/header-only.wav"  # its first 40 bytes
 CYRILLIC = "/calls/звонок клиента.wav"
 SMALL = "/calls/small-64k.bin"
+LONG = "/calls/long-gsm.wav"  # forty minutes: a conversion that lasts about a second, long enough to watch
+LONG_SECONDS = 2400
+SHORT = "/calls/short-gsm.wav"  # one second
 CUT_FRACTION = 0.4
 
 
@@ -88,6 +94,8 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Library:
     }
     for name, codec in codecs.items():
         make_audio(calls / name, SECONDS, codec)
+    make_audio(calls / "long-gsm.wav", LONG_SECONDS, ["-c:a", "gsm_ms"])
+    make_audio(calls / "short-gsm.wav", 1, ["-c:a", "gsm_ms"])
     gsm = (calls / "gsm.wav").read_bytes()
     (calls / "cut.wav").write_bytes(gsm[: int(len(gsm) * CUT_FRACTION)])
     (calls / "header-only.wav").write_bytes(gsm[:40])
@@ -296,6 +304,105 @@ def test_wav_cut_short_converts_as_far_as_it_goes_and_a_bare_header_is_415(edge:
     assert decoded(get(edge, CUT, "?format=mp3").body)[4] == pytest.approx(seconds, abs=0.1)
     assert get(edge, HEADER_ONLY, "?format=wav").status == 415
     assert get(edge, HEADER_ONLY, "?inline=1").body == library.data(HEADER_ONLY)
+
+
+# -- a new rendition is sent while it is made ---------------------------------------------
+
+
+@contextlib.contextmanager
+def opened(gateway: Gateway, path: str, query: str, headers: Mapping[str, str] | None = None):
+    """A response whose status and headers have arrived and whose body has not been read yet."""
+    conn = http.client.HTTPConnection(*split_base(gateway.base_url), timeout=120)
+    try:
+        conn.request("GET", gateway.target(path) + query, headers=dict(headers or {}))
+        yield conn.getresponse()
+    finally:
+        conn.close()
+
+
+def test_a_new_inline_rendition_starts_before_its_conversion_ends(edge: Gateway, library: Library) -> None:
+    """The headers, with the exact length, come while the converter is still at work; the bytes are the cache's."""
+    path = library.add_copy(LONG, "/calls/streamed.wav")
+    with opened(edge, path, "?inline=1") as response:
+        converting = metric(metrics(edge), "gateway_active_conversions", format="wav")
+        body = response.read()
+    assert response.status == 200
+    assert converting == 1, "the answer waited for the whole conversion"
+    assert int(response.getheader("content-length")) == len(body) == 44 + LONG_SECONDS * RATE * 2
+    cached = get(edge, path, "?inline=1")
+    assert cached.body == body
+    assert cached.header("etag") == response.getheader("etag")
+    with wave.open(io.BytesIO(body)) as rendition:
+        assert rendition.getnframes() == LONG_SECONDS * RATE
+
+
+def test_a_range_of_a_rendition_being_made_waits_for_its_bytes(edge: Gateway, library: Library) -> None:
+    """A player seeking to the end while the rendition is still being written: the right bytes, once there."""
+    path = library.add_copy(LONG, "/calls/seek-first.wav")
+    size = 44 + LONG_SECONDS * RATE * 2
+    with opened(edge, path, "?inline=1") as first:
+        assert metric(metrics(edge), "gateway_active_conversions", format="wav") == 1
+        with opened(edge, path, "?inline=1", {"Range": "bytes=-65536,0-99"}) as seek:
+            parts = parse_byteranges(seek.getheader("content-type"), seek.read())
+        with opened(edge, path, "?inline=1", {"Range": "bytes=-65536"}) as tail:
+            end = tail.read()
+        body = first.read()
+    assert (seek.status, tail.status) == (206, 206)
+    assert tail.getheader("content-range") == f"bytes {size - 65536}-{size - 1}/{size}"
+    assert end == body[-65536:]
+    assert [part.data for part in parts] == [body[-65536:], body[:100]]
+
+
+def converter_processes(pid: int) -> set[int]:
+    """The conversion pool's processes among a gateway's children (not multiprocessing's resource tracker)."""
+    found = set()
+    for child in children(pid):
+        with contextlib.suppress(FileNotFoundError):
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.add(child)
+    return found
+
+
+def test_a_converter_killed_mid_stream_cuts_the_response_and_the_next_request_succeeds(
+    library: Library, tmp_path: Path
+) -> None:
+    """A client never gets a complete-looking wrong body: the transfer is cut short of Content-Length."""
+    path = library.add_copy(LONG, "/calls/crash-midway.wav")
+    work = tmp_path / "gateway"
+    with running_gateway(library.root, [new_key()], work, extra_env=transcode_env(work / "cache")) as gateway:
+        with opened(gateway, path, "?inline=1") as response:
+            assert response.status == 200
+            declared = int(response.getheader("content-length"))
+            assert metric(metrics(gateway), "gateway_active_conversions", format="wav") == 1
+            for pid in converter_processes(gateway.pid):
+                os.kill(pid, signal.SIGKILL)
+            with pytest.raises(http.client.IncompleteRead) as cut:
+                response.read()
+        assert len(cut.value.partial) < declared
+        again = get(gateway, path, "?inline=1")
+        assert again.status == 200 and len(again.body) == declared
+        assert cut.value.partial == again.body[: len(cut.value.partial)]  # what was sent was right as far as it went
+        assert "conversion process died" in gateway.log.read_text()
+        assert metric(metrics(gateway), "gateway_storage_errors_total", backend="rendition", kind="conversion") == 1
+
+
+@pytest.fixture(scope="module")
+def limited(library: Library, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """Conversions may use a twentieth of a CPU-second."""
+    work = tmp_path_factory.mktemp("transcode-limited")
+    env = transcode_env(work / "cache", GATEWAY_TRANSCODE_MAX_CPU_SECONDS="0.05")
+    with running_gateway(library.root, [new_key()], work, extra_env=env) as running:
+        yield running
+
+
+def test_a_conversion_past_its_cpu_time_is_415_and_frees_its_slot(limited: Gateway, library: Library) -> None:
+    reply = get(limited, GSM, "?format=opus")  # ten minutes of Opus: seconds of CPU
+    assert reply.status == 415
+    assert "CPU-seconds" in reply.body.decode() and "original is still available" in reply.body.decode()
+    assert get(limited, GSM).body == library.data(GSM)
+    assert metric(metrics(limited), "gateway_active_conversions", format="opus") == 0
+    # A short recording still converts: the limit is per conversion.
+    assert decoded(get(limited, SHORT, "?format=wav").body)[1] == "pcm_s16le"
 
 
 def test_head_converts_too_and_announces_the_exact_length(edge: Gateway, library: Library) -> None:

@@ -6,11 +6,14 @@ ones are in test_transcode_e2e.py and test_transcode_browser.py).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import wave
 from array import array
@@ -21,8 +24,10 @@ import pytest
 from recordings import make_audio, make_video
 
 from gateway.config import ConfigError, Transcode, load_settings
+from gateway.storage import StorageUnavailable
 from gateway.transcode.cache import OpenRenditions, RenditionCache, RenditionFile, key_lock_offset
-from gateway.transcode.convert import Undecodable, render
+from gateway.transcode.convert import PARTIAL_SUFFIX, TooLong, Undecodable, render
+from gateway.transcode.growing import HEADER_BYTES, declared_size, follow
 from gateway.transcode.peaks import PeaksBuilder
 from gateway.transcode.probe import probe
 from gateway.transcode.renditions import derived_etag
@@ -243,6 +248,173 @@ def test_not_audio_truncated_and_cut_short(recordings: Path, tmp_path: Path) -> 
     assert render(str(recordings / "clip.webm"), str(tmp_path / "clip.mp3"), "mp3").codec == "opus"
 
 
+def header_then_rest(source: Path, target: Path) -> tuple[bytes, int]:
+    """Convert to WAV while a thread watches `target`: what it held when it first had a whole header,
+    and what the conversion returned as samples."""
+    seen: list[bytes] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            try:
+                data = target.read_bytes()
+            except FileNotFoundError:
+                continue
+            if len(data) >= HEADER_BYTES:
+                seen.append(data)
+                return
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        rendered = render(str(source), str(target), "wav")
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen, "the header never appeared before the conversion ended"
+    return seen[0], round(rendered.seconds * RATE)
+
+
+@pytest.mark.parametrize("name", ["gsm.wav", "g726.wav", "ima.wav", "ulaw.wav"])
+def test_telephony_wav_is_written_header_first_with_its_final_size(recordings: Path, tmp_path: Path, name: str) -> None:
+    """The size the edge promises from the first header it reads is the size of the finished file."""
+    target = tmp_path / "out.wav"
+    first, samples = header_then_rest(recordings / name, target)
+    final = target.read_bytes()
+    assert declared_size(first) == len(final) == HEADER_BYTES + samples * 2
+    assert final.startswith(first[:HEADER_BYTES])  # the header was never patched afterwards
+
+
+def test_a_wav_cut_short_declares_what_its_packets_hold(recordings: Path, tmp_path: Path) -> None:
+    """Counted from the packets really there, not from the header's claim for the whole call."""
+    whole = (recordings / "gsm.wav").read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole[: len(whole) // 2])
+    target = tmp_path / "out.wav"
+    first, samples = header_then_rest(cut, target)
+    assert declared_size(first) == target.stat().st_size
+    assert declared_size(first) == pytest.approx(HEADER_BYTES + SECONDS * RATE, abs=2 * 320)  # half: 2 bytes/sample
+    assert abs(samples - (declared_size(first) - HEADER_BYTES) // 2) <= 320  # one GSM block, padded or dropped
+
+
+def test_sources_whose_length_needs_decoding_appear_only_when_complete(recordings: Path, tmp_path: Path) -> None:
+    """MP3 primes its decoder, so its packets overstate the samples: the WAV is written aside, then renamed.
+
+    Whoever looks at the target name while the conversion runs sees nothing
+    or the whole file, never a header whose size is still to be patched.
+    """
+    source = make_audio(tmp_path / "long.mp3", 60, ["-c:a", "libmp3lame", "-b:a", "32k"])
+    target = tmp_path / "out.wav"
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(FileNotFoundError):
+                seen.append(len(target.read_bytes()))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        render(str(source), str(target), "wav")
+    finally:
+        stop.set()
+        watcher.join()
+    final = target.stat().st_size
+    assert set(seen) <= {final}
+    assert not (tmp_path / ("out.wav" + PARTIAL_SUFFIX)).exists()
+    with wave.open(str(target)) as out:
+        assert out.getnframes() == (final - HEADER_BYTES) // 2
+        assert out.getnframes() / out.getframerate() == pytest.approx(60, abs=0.05)
+
+
+def test_a_conversion_past_its_cpu_time_is_too_long(recordings: Path, tmp_path: Path) -> None:
+    long = make_audio(tmp_path / "long.wav", 120, ["-c:a", "gsm_ms"])
+    with pytest.raises(TooLong) as stopped:
+        render(str(long), str(tmp_path / "out.opus"), "opus", cpu_seconds=0.01)
+    assert "CPU-seconds" in str(stopped.value)
+    assert isinstance(stopped.value, Undecodable)
+    # The timer is gone with the conversion: the next one in the same process runs to its end.
+    assert render(str(long), str(tmp_path / "out.wav"), "wav", cpu_seconds=60).seconds == pytest.approx(120, abs=0.1)
+
+
+def test_declared_size_reads_only_whole_wav_headers() -> None:
+    header = b"RIFF" + (1036).to_bytes(4, "little") + b"WAVE" + b"\0" * 32
+    assert declared_size(header) == 1044
+    assert declared_size(header[:43]) is None
+    assert declared_size(b"RIFX" + header[4:]) is None
+    assert declared_size(header[:8] + b"AVI " + header[12:]) is None
+
+
+async def read_all(file: RenditionFile, start: int, stop: int) -> bytes:
+    parts = []
+    async for data in file.iter_bytes(start, stop):
+        parts.append(data)
+    return b"".join(parts)
+
+
+def wav_header(data_bytes: int) -> bytes:
+    return b"RIFF" + (36 + data_bytes).to_bytes(4, "little") + b"WAVE" + b"\0" * 32
+
+
+def test_a_growing_rendition_is_read_as_it_is_written(tmp_path: Path) -> None:
+    """Opened once the header is whole; reads past what is written wait, they never come back short."""
+    path = tmp_path / "growing.wav"
+    body = bytes(range(256)) * 40
+    header = wav_header(len(body))
+
+    async def scenario() -> tuple[int, bytes, bytes]:
+        finished = False
+
+        async def write_slowly() -> None:
+            nonlocal finished
+            with open(path, "wb", buffering=0) as out:
+                out.write(header[:20])  # not yet a whole header: follow() keeps waiting
+                await asyncio.sleep(0.05)
+                out.write(header[20:])
+                for at in range(0, len(body), 1000):
+                    await asyncio.sleep(0.01)
+                    out.write(body[at : at + 1000])
+            finished = True
+
+        writer = asyncio.create_task(write_slowly())
+        file = await follow(str(path), '"e"', 1, 4096, lambda: finished)
+        assert file is not None
+        try:
+            tail = await read_all(file, file.size - 10, file.size)  # asked first: waits for the end
+            whole = await read_all(file, 0, file.size)
+        finally:
+            await file.close()
+        await writer
+        return file.size, whole, tail
+
+    size, whole, tail = asyncio.run(scenario())
+    assert size == HEADER_BYTES + len(body)
+    assert whole == header + body
+    assert tail == body[-10:]
+
+
+def test_a_growing_rendition_whose_conversion_stops_short_fails_like_a_storage(tmp_path: Path) -> None:
+    path = tmp_path / "growing.wav"
+    path.write_bytes(wav_header(1000) + b"x" * 100)
+
+    async def scenario() -> None:
+        finished = False
+        file = await follow(str(path), '"e"', 1, 4096, lambda: finished)
+        assert file is not None and file.size == HEADER_BYTES + 1000
+        finished = True
+        try:
+            with pytest.raises(StorageUnavailable) as cut:
+                await read_all(file, 0, file.size)
+            assert cut.value.kind == "conversion"
+        finally:
+            await file.close()
+        # A conversion that ended before any header was written: nothing to follow.
+        assert await follow(str(tmp_path / "never.wav"), '"e"', 1, 4096, lambda: True) is None
+
+    asyncio.run(scenario())
+
+
 def test_peaks_file_is_audiowaveform_json(recordings: Path, tmp_path: Path) -> None:
     target = tmp_path / "peaks.json"
     render(str(recordings / "pcm.wav"), str(target), "peaks", 100)
@@ -447,9 +619,10 @@ def test_transcode_settings_default_and_from_environment(tmp_path: Path) -> None
             GATEWAY_TRANSCODE_CACHE_DIR=str(tmp_path / "new" / "cache"),
             GATEWAY_TRANSCODE_CACHE_BYTES="10485760",
             GATEWAY_TRANSCODE_MAX_CONVERSIONS="4",
+            GATEWAY_TRANSCODE_MAX_CPU_SECONDS="30.5",
         ),
     )
-    assert settings.transcode == Transcode(False, tmp_path / "new" / "cache", 10485760, 4)
+    assert settings.transcode == Transcode(False, tmp_path / "new" / "cache", 10485760, 4, 30.5)
 
 
 def test_transcode_settings_from_the_toml_file(tmp_path: Path) -> None:
@@ -470,6 +643,8 @@ def test_transcode_settings_from_the_toml_file(tmp_path: Path) -> None:
         ("GATEWAY_TRANSCODE_CACHE_BYTES", "1000", "outside"),
         ("GATEWAY_TRANSCODE_MAX_CONVERSIONS", "0", "outside"),
         ("GATEWAY_TRANSCODE_MAX_CONVERSIONS", "two", "whole number"),
+        ("GATEWAY_TRANSCODE_MAX_CPU_SECONDS", "-1", "outside"),
+        ("GATEWAY_TRANSCODE_MAX_CPU_SECONDS", "an hour", "not a number"),
     ],
 )
 def test_bad_transcode_settings_stop_the_start(tmp_path: Path, variable: str, value: str, words: str) -> None:

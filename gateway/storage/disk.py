@@ -61,10 +61,15 @@ class DiskFile:
             except asyncio.CancelledError:
                 await asyncio.wait([reading])  # the thread still uses the fd: let it finish before close
                 raise
-            if not data:
-                raise StorageUnavailable("truncated", f"file shrank to {start} of {self.size} bytes")
-            start += len(data)
-            yield data
+            if data:
+                start += len(data)
+                yield data
+            else:
+                await self._nothing_at(start)
+
+    async def _nothing_at(self, start: int) -> None:
+        """A read at `start` found the end of the file: here it was cut short; a growing file waits."""
+        raise StorageUnavailable("truncated", f"file shrank to {start} of {self.size} bytes")
 
     async def close(self) -> None:
         if self._fd is not None:

@@ -10,18 +10,25 @@ Outputs are deterministic (FFmpeg's bitexact flag, fixed encoder
 settings), so a rendition made again after eviction has the same bytes,
 as its ETag promises. Damaged packets are skipped and a recording cut short
 is converted as far as it goes, as `ffmpeg` itself does.
+
+The PCM WAV is written so that it can be sent while it is made: its samples
+are counted from the source's packets first (demuxing, no decoding: a few
+milliseconds), the header declaring them goes out before any sample, and
+exactly that many samples follow. The edge reads the size from that header
+and streams the file as it grows (see `growing`). A source whose packets do
+not all carry a duration gets its WAV written under another name and
+renamed when complete, so nobody follows a file whose size is not known.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-import threading
-import time
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import cast
+from typing import BinaryIO, cast
 
 import av
 
@@ -36,11 +43,25 @@ _BITEXACT = {"fflags": "+bitexact"}
 # per minute of audio (G.726 decodes 1.5x, µ-law 10x faster). Other demuxers
 # ignore it.
 _INPUT_OPTIONS = {"max_size": "65536"}
-_WRITE_BYTES = 1024 * 1024
+# Written (and flushed) in batches of this size: small enough that the first
+# seconds of a streamed WAV reach the edge at once (256 KiB is 16 s of 8 kHz
+# audio), large enough that a GSM frame (320 samples) is not a write each.
+_WRITE_BYTES = 256 * 1024
+# Codecs whose every packet decodes to exactly its duration: the telephony
+# ones and PCM. MP3, AAC, Opus and Vorbis are not (encoder delay and padding
+# are trimmed when decoding: counted from packets, an MP3 comes out a tenth
+# of a second long); they are converted before they are sent.
+_COUNTABLE_PREFIXES = ("pcm_", "adpcm_")
+_COUNTABLE = frozenset({"gsm", "gsm_ms", "g722", "g723_1"})
+PARTIAL_SUFFIX = ".part"  # a WAV whose size is not known until it is complete is written under this
 
 
 class Undecodable(Exception):
     """The source holds no audio the gateway can decode; str() says why, for the client."""
+
+
+class TooLong(Undecodable):
+    """The conversion used up its CPU time (`transcode.max_cpu_seconds`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +87,37 @@ _ENCODERS = {
 }
 
 
-def render(source: str, target: str, kind: str, pixels: int = 0) -> Rendered:
-    """Convert the first audio stream of `source` into `target`: kind "wav", "mp3", "opus" or "peaks"."""
+def render(source: str, target: str, kind: str, pixels: int = 0, cpu_seconds: float = 0.0) -> Rendered:
+    """Convert the first audio stream of `source` into `target`: kind "wav", "mp3", "opus" or "peaks".
+
+    `cpu_seconds` (0: no limit) bounds the CPU time the conversion may use,
+    so a recording of many hours, or a hostile file, cannot hold a
+    conversion slot for ever: past it, TooLong.
+    """
+    with _cpu_limit(cpu_seconds):
+        return _render(source, target, kind, pixels)
+
+
+@contextlib.contextmanager
+def _cpu_limit(seconds: float) -> Iterator[None]:
+    """Raise TooLong in this process once it has used `seconds` more CPU time (user and system)."""
+    if seconds <= 0:
+        yield
+        return
+
+    def expired(signum: int, frame: object) -> None:
+        raise TooLong(f"the recording takes more than {seconds:g} CPU-seconds to convert")
+
+    previous = signal.signal(signal.SIGPROF, expired)
+    signal.setitimer(signal.ITIMER_PROF, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
+
+
+def _render(source: str, target: str, kind: str, pixels: int) -> Rendered:
     try:
         container = av.open(source, options=_INPUT_OPTIONS, metadata_errors="ignore")
     except (av.FFmpegError, ValueError, UnicodeDecodeError) as exc:
@@ -85,7 +135,7 @@ def render(source: str, target: str, kind: str, pixels: int = 0) -> Rendered:
             raise Undecodable(f"its {codec} audio has no sample rate or no channels")
         frames = _frames(container, stream)
         if kind == "wav":
-            samples = _wav(frames, target, rate, channels)
+            samples = _wav(frames, target, rate, channels, _counted_samples(source, rate, codec))
         elif kind == "peaks":
             samples = _peaks(frames, target, rate, pixels, _estimated_samples(container, stream, rate))
         else:
@@ -129,27 +179,92 @@ def _pcm(frame: av.AudioFrame, channels: int) -> memoryview:
     return memoryview(frame.planes[0])[: frame.samples * channels * 2]
 
 
-def _wav(frames: Iterator[av.AudioFrame], target: str, rate: int, channels: int) -> int:
-    """16-bit PCM WAV; the standard library writes the RIFF header and patches its sizes."""
+def _wav(frames: Iterator[av.AudioFrame], target: str, rate: int, channels: int, declared: int | None) -> int:
+    """16-bit PCM WAV; the standard library writes the RIFF header.
+
+    With `declared` samples, the header says so before the first sample and
+    exactly that many are written: decoded samples past the count are
+    dropped, and a count the decoder falls short of (a damaged last block)
+    is made up with silence, so the size promised to clients holds. Returns
+    the samples decoded.
+    """
     resampler = av.AudioResampler(format="s16", layout=_LAYOUTS[channels], rate=rate)
-    samples = 0
+    frame_bytes = 2 * channels
+    decoded = written = 0
     pending: list[bytes] = []  # written in batches: a GSM frame is 320 samples, 15,000 in ten minutes
     size = 0
-    with open(target, "wb") as sink, wave.open(sink, "wb") as out:
+    with _output(target, visible=declared is not None) as sink, wave.open(sink, "wb") as out:
         out.setnchannels(channels)
         out.setsampwidth(2)
         out.setframerate(rate)
+        if declared is not None:
+            out.setnframes(declared)
+            out.writeframesraw(b"")  # the header alone, with the size, for the edge to read at once
+            sink.flush()
         for frame in _resampled(frames, resampler):
-            data = bytes(_pcm(frame, channels))
-            pending.append(data)
+            decoded += frame.samples
+            data = _pcm(frame, channels)
+            if declared is not None:
+                data = data[: (declared - written) * frame_bytes]
+            pending.append(bytes(data))
             size += len(data)
-            samples += frame.samples
+            written += len(data) // frame_bytes
             if size >= _WRITE_BYTES:
                 out.writeframesraw(b"".join(pending))
+                sink.flush()
                 pending.clear()
                 size = 0
+            if declared is not None and written >= declared:
+                break
+        if declared is not None and written < declared:
+            pending.append(bytes((declared - written) * frame_bytes))
         out.writeframesraw(b"".join(pending))
-    return samples
+    return decoded
+
+
+def _counted_samples(source: str, rate: int, codec: str) -> int | None:
+    """How many samples the first audio stream holds, summed from its packets' durations.
+
+    Demuxing without decoding reads the file in a few milliseconds and,
+    unlike the duration a header declares, counts only the packets really
+    there (a recording cut short is counted as far as it goes). None when
+    the count is known only after decoding: a codec that primes its decoder
+    (see `_COUNTABLE`), or a packet without a duration.
+    """
+    if not (codec.startswith(_COUNTABLE_PREFIXES) or codec in _COUNTABLE):
+        return None
+    with av.open(source, options=_INPUT_OPTIONS, metadata_errors="ignore") as container:
+        stream = container.streams.audio[0]
+        if stream.time_base is None:
+            return None
+        total = 0
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue  # the end-of-stream marker
+                if not packet.duration or packet.duration < 0:
+                    return None
+                total += packet.duration
+        except av.FFmpegError:
+            pass  # unreadable past here: _frames stops at the same point
+    return int(total * stream.time_base * rate)
+
+
+@contextlib.contextmanager
+def _output(target: str, visible: bool) -> Iterator[BinaryIO]:
+    """A new file for `target`: itself when it may be read while written, else renamed there when complete.
+
+    Always a new inode (an earlier attempt is unlinked first, never
+    truncated), so a reader still following a failed attempt never sees
+    its bytes change under it.
+    """
+    path = target if visible else target + PARTIAL_SUFFIX
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    with open(path, "xb") as sink:
+        yield sink
+    if not visible:
+        os.replace(path, target)
 
 
 def _encode(frames: Iterator[av.AudioFrame], target: str, encoder: _Encoder, rate: int, channels: int) -> int:
@@ -195,42 +310,3 @@ def _estimated_samples(container: av.container.InputContainer, stream: av.AudioS
 
 def _why(exc: Exception) -> str:
     return getattr(exc, "strerror", None) or type(exc).__name__
-
-
-# -- the worker processes ---------------------------------------------------
-
-
-def worker_started() -> None:
-    """Initializer of each pool process: the lowest CPU priority there is, deaf to Ctrl-C.
-
-    SCHED_IDLE (Linux): the edge's processes preempt a conversion whenever
-    they wake, so downloads keep their latency while conversions run; on a
-    host saturated by downloads, conversions slow down rather than downloads.
-    Elsewhere, the highest nice value.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        try:
-            os.nice(19)
-        except OSError:
-            pass
-
-
-def _exit_with_parent(parent: int) -> None:
-    """End this process when the edge worker that started it is gone.
-
-    The pool's own shutdown needs the parent to run its exit handlers, which
-    a worker ended by a signal (uvicorn re-raises SIGTERM once drained) or
-    killed outright never does: without this, its converters would live on.
-    """
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(0)
-
-
-def warm() -> int:
-    """A no-op that makes the pool start a process (PyAV imported) before a request needs it."""
-    return os.getpid()

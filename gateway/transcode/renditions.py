@@ -49,9 +49,10 @@ from ..metrics import (
 )
 from ..storage import StoredFile
 from .cache import OpenRenditions, RenditionCache, RenditionFile
+from .growing import follow
 from .pool import Converter, ConverterCrashed
 from .probe import PROBE_BYTES, Probe, probe
-from .request import Refused, Wanted, wanted
+from .request import INLINE_FORMAT, Refused, Wanted, wanted
 
 log = logging.getLogger("gateway.transcode")
 V = TypeVar("V")
@@ -60,6 +61,7 @@ RETRY_AFTER = 5  # seconds, with 503 when conversions are at their limit
 KEY_WAIT_SECONDS = 600.0  # longest wait for another process converting the same rendition
 KEY_POLL_SECONDS = 0.05
 REMEMBERED = 4096  # probes and undecodable sources remembered per worker
+STREAMED = INLINE_FORMAT  # the rendition whose size is known before it is made (PCM WAV): sent as it grows
 _ORIGINAL_STILL_THERE = "the original is still available without format or peaks"
 
 
@@ -78,6 +80,7 @@ def derived_etag(source_etag: str, variant: str) -> str:
 class Renditions:
     def __init__(self, settings: Transcode, chunk_size: int) -> None:
         self.settings = settings
+        self.chunk = chunk_size
         self.cache = RenditionCache(settings.cache_dir, settings.cache_bytes, settings.max_conversions, chunk_size)
         self.converter = Converter(settings.max_conversions)
         self.open_files = OpenRenditions(chunk_size)
@@ -87,6 +90,10 @@ class Renditions:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.cache.prepare)
+        if self.settings.inline:
+            # Inline renditions are what a click waits for: start the converter's
+            # processes now rather than with the first one (most of a second).
+            self.converter.start()
 
     async def aclose(self) -> None:
         self.converter.close()
@@ -157,6 +164,12 @@ class Renditions:
                 self._running[key] = task
                 task.add_done_callback(functools.partial(self._finished, key))
             waited = True
+            if wants.kind == STREAMED:
+                # Sent as it is written, by whichever process of the host converts it.
+                growing = await follow(self.cache.output_path(key), etag, file.mtime, self.chunk, task.done)
+                if growing is not None:
+                    child(RENDITION_CACHE, wants.kind, "miss").inc()
+                    return growing
             # Shielded: a request that goes away does not cancel the conversion others wait for.
             await asyncio.shield(task)
         raise Refused(503, "evicted", "the rendition cache is too small; retry shortly", RETRY_AFTER)
@@ -190,7 +203,12 @@ class Renditions:
             try:
                 await self._copy(file, self.cache.source_path(key))
                 rendered = await self.converter.run(
-                    render, self.cache.source_path(key), self.cache.output_path(key), wants.kind, wants.pixels
+                    render,
+                    self.cache.source_path(key),
+                    self.cache.output_path(key),
+                    wants.kind,
+                    wants.pixels,
+                    self.settings.max_cpu_seconds,
                 )
                 await loop.run_in_executor(None, self.cache.store, key)
             except Undecodable as exc:
