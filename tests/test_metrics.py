@@ -30,6 +30,7 @@ from ops_support import (
     wait_exit,
 )
 from prometheus_client.parser import text_string_to_metric_families
+from recordings import make_audio
 from servers import (
     HOST,
     MIB,
@@ -48,6 +49,7 @@ from servers import (
 )
 
 BIG = "/ops-metrics/big-32m.bin"
+CALL = "/ops-metrics/call-gsm.wav"
 CONTRACT_FAMILIES = {
     "gateway_requests_total": "counter",
     "gateway_request_duration_seconds": "histogram",
@@ -63,6 +65,23 @@ CONTRACT_LABELS = {
     "gateway_rejected": {"reason"},
     "gateway_active_streams": set(),
     "gateway_storage_errors": {"backend", "kind"},
+}
+# Beyond the contract, only the rendition metrics the README documents (issue #8).
+RENDITION_FAMILIES = {
+    "gateway_conversions_total": "counter",
+    "gateway_conversion_duration_seconds": "histogram",
+    "gateway_rendition_cache_total": "counter",
+    "gateway_conversions_refused_total": "counter",
+    "gateway_conversion_failures_total": "counter",
+    "gateway_active_conversions": "gauge",
+}
+RENDITION_LABELS = {
+    "gateway_conversions": {"codec", "format"},
+    "gateway_conversion_duration_seconds": {"format"},
+    "gateway_rendition_cache": {"format", "result"},
+    "gateway_conversions_refused": {"format"},
+    "gateway_conversion_failures": {"format", "reason"},
+    "gateway_active_conversions": {"format"},
 }
 
 
@@ -161,14 +180,22 @@ def expected_requests(sent: list[Sent]) -> dict[tuple[tuple[str, str], ...], flo
     return {labels: float(n) for labels, n in counts.items()}
 
 
-def test_series_have_the_contract_names_types_and_labels(metered: Metered) -> None:
-    """Once something was counted, every gateway_ series is a contract one with exactly its labels.
+def parsed_names(families: dict[str, str]) -> dict[str, str]:
+    """prometheus-client's parser names counter families without the _total suffix."""
+    return {(name.removesuffix("_total") if kind == "counter" else name): kind for name, kind in families.items()}
+
+
+def test_series_have_the_contract_names_types_and_labels(metered: Metered, storage: Storage) -> None:
+    """Once something was counted, every gateway_ series is a contract one with exactly its labels,
+    or one of the documented rendition metrics.
 
     (In multiprocess mode a labelled family appears with its first sample.)
     """
     gateway = metered.gateway
+    make_audio(storage.file(CALL), 2, ["-c:a", "gsm_ms"])
     assert request(gateway.base_url, gateway.target(P64K)).status == 200
     assert request(gateway.base_url, gateway.target("/ops-metrics/missing.mp3")).status == 404
+    assert request(gateway.base_url, gateway.target(CALL) + "?format=wav").status == 200
     host, port = split_base(metered.metrics_url)
     conn = http.client.HTTPConnection(host, port, timeout=10)
     conn.request("GET", "/metrics")
@@ -179,17 +206,16 @@ def test_series_have_the_contract_names_types_and_labels(metered: Metered) -> No
     assert (response.getheader("Content-Type") or "").startswith("text/plain")
     families = {family.name: family for family in text_string_to_metric_families(text)}
     ours = {name: family for name, family in families.items() if name.startswith("gateway_")}
-    # prometheus-client's parser names counter families without the _total suffix.
-    contract = {
-        (name.removesuffix("_total") if kind == "counter" else name): kind for name, kind in CONTRACT_FAMILIES.items()
-    }
-    assert set(ours) <= set(contract)
+    contract, renditions = parsed_names(CONTRACT_FAMILIES), parsed_names(RENDITION_FAMILIES)
+    assert set(ours) <= set(contract) | set(renditions)
     assert set(ours) >= set(contract) - {"gateway_storage_errors"}  # no storage failed yet
+    assert {"gateway_conversions", "gateway_conversion_duration_seconds", "gateway_rendition_cache"} <= set(ours)
+    labels_of = CONTRACT_LABELS | RENDITION_LABELS
     for name, family in ours.items():
-        assert family.type == contract[name], name
+        assert family.type == (contract | renditions)[name], name
         for sample in family.samples:
             labels = set(sample.labels) - {"le"}
-            assert labels == CONTRACT_LABELS[name], (sample.name, sample.labels)
+            assert labels == labels_of[name], (sample.name, sample.labels)
 
 
 def test_known_mix_counts_exactly_on_every_scrape(metered: Metered, storage: Storage) -> None:
