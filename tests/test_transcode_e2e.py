@@ -353,8 +353,8 @@ def test_a_range_of_a_rendition_being_made_waits_for_its_bytes(edge: Gateway, li
     assert [part.data for part in parts] == [body[-65536:], body[:100]]
 
 
-def converter_processes(pid: int) -> set[int]:
-    """The conversion pool's processes among a gateway's children (not multiprocessing's resource tracker)."""
+def pool_processes(pid: int) -> set[int]:
+    """The probe and conversion pools' processes among a gateway's children (not the resource tracker)."""
     found = set()
     for child in children(pid):
         with contextlib.suppress(FileNotFoundError):
@@ -363,10 +363,11 @@ def converter_processes(pid: int) -> set[int]:
     return found
 
 
-def test_a_converter_killed_mid_stream_cuts_the_response_and_the_next_request_succeeds(
+def test_pool_processes_killed_cut_only_what_they_were_making(
     library: Library, tmp_path: Path
 ) -> None:
-    """A client never gets a complete-looking wrong body: the transfer is cut short of Content-Length."""
+    """A converter killed mid-stream: that transfer is cut short of Content-Length (never a
+    complete-looking wrong body) and the next request succeeds. Processes killed while idle: nothing fails."""
     path = library.add_copy(LONG, "/calls/crash-midway.wav")
     work = tmp_path / "gateway"
     with running_gateway(library.root, [new_key()], work, extra_env=transcode_env(work / "cache")) as gateway:
@@ -374,7 +375,7 @@ def test_a_converter_killed_mid_stream_cuts_the_response_and_the_next_request_su
             assert response.status == 200
             declared = int(response.getheader("content-length"))
             assert metric(metrics(gateway), "gateway_active_conversions", format="wav") == 1
-            for pid in converter_processes(gateway.pid):
+            for pid in pool_processes(gateway.pid):
                 os.kill(pid, signal.SIGKILL)
             with pytest.raises(http.client.IncompleteRead) as cut:
                 response.read()
@@ -384,6 +385,14 @@ def test_a_converter_killed_mid_stream_cuts_the_response_and_the_next_request_su
         assert cut.value.partial == again.body[: len(cut.value.partial)]  # what was sent was right as far as it went
         assert "conversion process died" in gateway.log.read_text()
         assert metric(metrics(gateway), "gateway_storage_errors_total", backend="rendition", kind="conversion") == 1
+        # Every probe and converter process killed while idle (the OOM killer): nobody's request is blamed.
+        idle = pool_processes(gateway.pid)
+        assert len(idle) >= 2  # the converters (the prober killed above is replaced at its next use)
+        for pid in idle:
+            os.kill(pid, signal.SIGKILL)
+        poll(lambda: {pid for pid in idle if alive(pid)}, lambda pids: not pids, timeout=20.0)
+        fresh = get(gateway, library.add_copy(GSM, "/calls/after-oom.wav"), "?inline=1")
+        assert fresh.status == 200 and len(fresh.body) == PCM_SIZE
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,13 @@ One job per module:
   whether browsers play it as it is.
 - `convert` and `peaks`: the conversions themselves, pure functions run in
   worker processes.
-- `pool`: the bounded process pool they run in.
+- `pool`: the bounded process pools probing and conversions run in.
 - `cache`: the on-disk rendition cache (size bound, least recently used
   eviction) and the locks that make one process convert a given rendition.
+- `growing`: a PCM WAV rendition sent while the converter writes it.
 - `renditions`: what the edge calls; ties the others together.
 
-Importing this package imports nothing heavy: the converter's worker
-processes import `convert` alone, the edge imports `renditions`.
+Importing this package imports nothing heavy: the pool's processes import
+`convert` and `probe` (PyAV), the edge imports `renditions`, and PyAV only
+with its first conversion.
 """

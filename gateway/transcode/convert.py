@@ -23,8 +23,9 @@ renamed when complete, so nobody follows a file whose size is not known.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
-import signal
+import time
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,8 +61,8 @@ class Undecodable(Exception):
     """The source holds no audio the gateway can decode; str() says why, for the client."""
 
 
-class TooLong(Undecodable):
-    """The conversion used up its CPU time (`transcode.max_cpu_seconds`)."""
+class TooLong(Exception):
+    """The conversion used up its CPU time; str() says how much, for the client."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,34 +91,13 @@ _ENCODERS = {
 def render(source: str, target: str, kind: str, pixels: int = 0, cpu_seconds: float = 0.0) -> Rendered:
     """Convert the first audio stream of `source` into `target`: kind "wav", "mp3", "opus" or "peaks".
 
-    `cpu_seconds` (0: no limit) bounds the CPU time the conversion may use,
-    so a recording of many hours, or a hostile file, cannot hold a
-    conversion slot for ever: past it, TooLong.
+    `cpu_seconds` (0: no limit) bounds the CPU time of this call, so a
+    recording of many hours, or a file built to be slow, cannot hold a
+    conversion slot for ever: past it, TooLong. It is checked at every
+    packet (a signal would be the obvious tool, but an exception raised by
+    its handler inside PyAV's compiled code can be lost: seen here).
     """
-    with _cpu_limit(cpu_seconds):
-        return _render(source, target, kind, pixels)
-
-
-@contextlib.contextmanager
-def _cpu_limit(seconds: float) -> Iterator[None]:
-    """Raise TooLong in this process once it has used `seconds` more CPU time (user and system)."""
-    if seconds <= 0:
-        yield
-        return
-
-    def expired(signum: int, frame: object) -> None:
-        raise TooLong(f"the recording takes more than {seconds:g} CPU-seconds to convert")
-
-    previous = signal.signal(signal.SIGPROF, expired)
-    signal.setitimer(signal.ITIMER_PROF, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_PROF, 0)
-        signal.signal(signal.SIGPROF, previous)
-
-
-def _render(source: str, target: str, kind: str, pixels: int) -> Rendered:
+    budget = _Budget(cpu_seconds)
     try:
         container = av.open(source, options=_INPUT_OPTIONS, metadata_errors="ignore")
     except (av.FFmpegError, ValueError, UnicodeDecodeError) as exc:
@@ -133,9 +113,9 @@ def _render(source: str, target: str, kind: str, pixels: int) -> Rendered:
         rate, channels = context.sample_rate, min(context.layout.nb_channels or context.channels, MAX_CHANNELS)
         if rate <= 0 or channels <= 0:
             raise Undecodable(f"its {codec} audio has no sample rate or no channels")
-        frames = _frames(container, stream)
+        frames = _frames(container, stream, budget)
         if kind == "wav":
-            samples = _wav(frames, target, rate, channels, _counted_samples(source, rate, codec))
+            samples = _wav(frames, target, rate, channels, _counted_samples(source, rate, codec, budget))
         elif kind == "peaks":
             samples = _peaks(frames, target, rate, pixels, _estimated_samples(container, stream, rate))
         else:
@@ -145,10 +125,26 @@ def _render(source: str, target: str, kind: str, pixels: int) -> Rendered:
     return Rendered(codec, samples / rate)
 
 
-def _frames(container: av.container.InputContainer, stream: av.AudioStream) -> Iterator[av.AudioFrame]:
+@dataclass(slots=True)
+class _Budget:
+    """CPU time this process may still use for the conversion (0 seconds: no limit)."""
+
+    seconds: float
+    deadline: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.deadline = time.process_time() + self.seconds if self.seconds > 0 else math.inf
+
+    def check(self) -> None:
+        if time.process_time() > self.deadline:
+            raise TooLong(f"it takes more than {self.seconds:g} CPU-seconds")
+
+
+def _frames(container: av.container.InputContainer, stream: av.AudioStream, budget: _Budget) -> Iterator[av.AudioFrame]:
     """Decoded frames; damaged packets skipped, a truncated file read as far as it goes."""
     packets = container.demux(stream)
     while True:
+        budget.check()
         try:
             packet = next(packets)
         except StopIteration:
@@ -222,7 +218,7 @@ def _wav(frames: Iterator[av.AudioFrame], target: str, rate: int, channels: int,
     return decoded
 
 
-def _counted_samples(source: str, rate: int, codec: str) -> int | None:
+def _counted_samples(source: str, rate: int, codec: str, budget: _Budget) -> int | None:
     """How many samples the first audio stream holds, summed from its packets' durations.
 
     Demuxing without decoding reads the file in a few milliseconds and,
@@ -240,6 +236,7 @@ def _counted_samples(source: str, rate: int, codec: str) -> int | None:
         total = 0
         try:
             for packet in container.demux(stream):
+                budget.check()
                 if packet.size == 0:
                     continue  # the end-of-stream marker
                 if not packet.duration or packet.duration < 0:

@@ -1,15 +1,21 @@
-"""The bounded pool of processes that conversions run in.
+"""Bounded pools of processes for the work PyAV does: probing files and converting them.
 
-Conversions are CPU work in C (FFmpeg) driven from Python: in the edge's
-process they would hold its event loop and its GIL. They run in a
-`ProcessPoolExecutor` of `size` processes started with `spawn` (a fork of a
-process running an event loop and threads is not safe), at the lowest CPU
-priority (SCHED_IDLE), so the edge's processes always run first. The pool
-is made when the worker starts if inline renditions are on (a click should
-not wait for processes to start), otherwise at the first conversion; its
-processes then stay, with PyAV imported, for the next ones. A process that dies (a decoder crash on
-a hostile file, the OOM killer) breaks the pool: it is replaced, and only
-the conversions that were running in it fail.
+That work is C (FFmpeg) on bytes from storage, driven from Python: in the
+edge's process it would hold the event loop and the GIL, and a demuxer or
+decoder crash on a hostile file would take the worker down with every
+download it was sending. It runs in a `ProcessPoolExecutor` of `size`
+processes started with `spawn` (a fork of a process running an event loop
+and threads is not safe). Conversions run at the lowest CPU priority
+(SCHED_IDLE), so the edge's processes always run first; probing, which a
+click waits for, at normal priority. A pool is made when the worker starts
+if inline renditions are on (a click should not wait for processes to
+start), otherwise at its first use; its processes then stay, with PyAV
+imported, for the next calls.
+
+A process that dies (a crash on a hostile file, the OOM killer) breaks its
+pool and every call running in it: the pool is replaced and those calls
+are made once more; a call whose process dies again fails with
+`ProcessDied`.
 """
 
 from __future__ import annotations
@@ -31,13 +37,15 @@ T = TypeVar("T")
 log = logging.getLogger("gateway.transcode")
 
 
-class ConverterCrashed(Exception):
-    """The process running a conversion died."""
+class ProcessDied(Exception):
+    """The process running the call died."""
 
 
-class Converter:
-    def __init__(self, size: int) -> None:
+class ProcessPool:
+    def __init__(self, name: str, size: int, idle: bool) -> None:
+        self.name = name  # for the log: "conversion", "probe"
         self.size = size
+        self.idle = idle  # run at SCHED_IDLE
         self._pool: ProcessPoolExecutor | None = None
 
     def start(self) -> ProcessPoolExecutor:
@@ -47,23 +55,35 @@ class Converter:
                 max_workers=self.size,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=worker_started,
+                initargs=(self.idle,),
             )
-            # Start every process now, not one per conversion as they come.
+            # Start every process now, not one per call as they come.
             for _ in range(self.size):
                 self._pool.submit(warm)
         return self._pool
 
     async def run(self, function: Callable[..., T], *args: Any) -> T:
-        """`function(*args)` in a pool process; ConverterCrashed if that process died."""
-        pool = self.start()
-        try:
-            return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
-        except BrokenProcessPool:
-            if self._pool is pool:
-                log.error("a conversion process died; starting a new pool")
-                self._pool = None
-                pool.shutdown(wait=False, cancel_futures=True)
-            raise ConverterCrashed("the conversion process died") from None
+        """`function(*args)` in a pool process.
+
+        A call whose process dies is made once more in a new pool: the death
+        may not be its doing (the OOM killer, or another call's crash, which
+        breaks every call running in the pool). Dying twice is ProcessDied.
+        `function` must be idempotent.
+        """
+        for _ in range(2):
+            pool = self.start()
+            try:
+                return await asyncio.wrap_future(pool.submit(function, *args))
+            except BrokenProcessPool:
+                self._replace(pool)
+        raise ProcessDied(f"the {self.name} process died")
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        """Drop `broken` (unless another call already has): the next call starts a new pool."""
+        if self._pool is broken:
+            log.error("a %s process died; starting a new pool", self.name)
+            self._pool = None
+            broken.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -74,8 +94,8 @@ class Converter:
 # -- in the pool's processes ---------------------------------------------------
 
 
-def worker_started() -> None:
-    """Initializer of each pool process: the lowest CPU priority there is, deaf to Ctrl-C.
+def worker_started(idle: bool) -> None:
+    """Initializer of each pool process: deaf to Ctrl-C, gone with its parent, maybe at idle priority.
 
     SCHED_IDLE (Linux): the edge's processes preempt a conversion whenever
     they wake, so downloads keep their latency while conversions run; on a
@@ -84,6 +104,8 @@ def worker_started() -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
+    if not idle:
+        return
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):

@@ -4,9 +4,10 @@ Decided from what PyAV (FFmpeg) finds in the bytes, never from the file's
 name: a GSM 6.10 WAV is a `.wav` like a PCM one, and only one of them plays.
 Probing reads the head of the file only (`PROBE_BYTES`), which is where
 every format recordings come in (WAV, MP3, Ogg, FLAC, AMR, …) says what it
-holds; it runs in a thread of the edge process (it takes about a
-millisecond), never in the conversion pool, so a busy pool cannot delay
-playback of files that need no conversion.
+holds. It runs in a process of its own (see `pool`), so that a demuxer
+crash on a crafted file costs that process and not an edge worker, and
+never in the conversion pool, so a busy pool cannot delay playback of
+files that need no conversion.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@
 or S3, through the `StoredFile` interface only) and what the link wants:
 
 1. Probe the source: its head is read through `iter_bytes` and probed with
-   PyAV in a thread; the answer is remembered per source version (path and
-   ETag).
+   PyAV in the probe process; the answer is remembered per source version
+   (path and ETag).
 2. Decide. An inline link gets the PCM WAV rendition only when the file
    holds audio browsers cannot play (and no picture, which a rendition
    would drop); otherwise the original is served. `?format=` and `?peaks=`
@@ -16,7 +16,8 @@ or S3, through the `StoredFile` interface only) and what the link wants:
    same new recording on four workers cost one conversion. A conversion
    needs one of the host's `max_conversions` slots; when none is free the
    answer is `503` with `Retry-After`, and nothing queues. A request that
-   waits for a conversion already running needs no slot.
+   waits for a conversion already running needs no slot. The PCM WAV is
+   sent while it is being written (`growing`); other renditions once made.
 
 The rendition's ETag is the source's with the variant appended
 (`"5f3c-9b2e"` -> `"5f3c-9b2e-wav"`) and its Last-Modified is the source's,
@@ -50,7 +51,7 @@ from ..metrics import (
 from ..storage import StoredFile
 from .cache import OpenRenditions, RenditionCache, RenditionFile
 from .growing import follow
-from .pool import Converter, ConverterCrashed
+from .pool import ProcessDied, ProcessPool
 from .probe import PROBE_BYTES, Probe, probe
 from .request import INLINE_FORMAT, Refused, Wanted, wanted
 
@@ -82,21 +83,24 @@ class Renditions:
         self.settings = settings
         self.chunk = chunk_size
         self.cache = RenditionCache(settings.cache_dir, settings.cache_bytes, settings.max_conversions, chunk_size)
-        self.converter = Converter(settings.max_conversions)
+        self.converter = ProcessPool("conversion", settings.max_conversions, idle=True)
+        self.prober = ProcessPool("probe", 1, idle=False)
         self.open_files = OpenRenditions(chunk_size)
         self._probes: OrderedDict[str, Probe] = OrderedDict()
-        self._undecodable: OrderedDict[str, str] = OrderedDict()
+        self._unconvertible: OrderedDict[str, tuple[str, str]] = OrderedDict()  # key -> (reason, problem)
         self._running: dict[str, asyncio.Future[None]] = {}
 
     async def start(self) -> None:
         await asyncio.to_thread(self.cache.prepare)
         if self.settings.inline:
-            # Inline renditions are what a click waits for: start the converter's
-            # processes now rather than with the first one (most of a second).
+            # Inline renditions are what a click waits for: start the processes
+            # now rather than with the first one (most of a second).
+            self.prober.start()
             self.converter.start()
 
     async def aclose(self) -> None:
         self.converter.close()
+        self.prober.close()
         self.open_files.close()
         self.cache.close()
 
@@ -115,11 +119,11 @@ class Renditions:
             if not found.audio or found.playable or found.video:
                 return None
         elif found.problem is not None and found.complete:
-            raise _undecodable(wants, found.problem)
+            raise _unconvertible(wants, "undecodable", found.problem)
         key = hashlib.sha256(f"{source}\0{path}\0{file.etag}\0{wants.variant}".encode()).hexdigest()[:40]
-        problem = self._undecodable.get(key)
-        if problem is not None:
-            raise _undecodable(wants, problem)
+        known = self._unconvertible.get(key)
+        if known is not None:
+            raise _unconvertible(wants, *known)
         return await self._rendition(key, derived_etag(file.etag, wants.variant), file, wants)
 
     # -- probing ---------------------------------------------------------------
@@ -137,7 +141,12 @@ class Renditions:
                 async for data in chunks:
                     parts.append(data)
             head = b"".join(parts)
-        found = await asyncio.to_thread(probe, head, len(head) >= file.size)
+        complete = len(head) >= file.size
+        try:
+            found = await self.prober.run(probe, head, complete)
+        except ProcessDied as exc:  # remembered: the file is not tried again in this worker
+            log.error("probing the file with etag %s failed: %s", file.etag, exc)
+            found = Probe(None, None, False, "not a recording the gateway can read (probing it failed)", True)
         _remember(self._probes, version, found)
         return found
 
@@ -182,7 +191,7 @@ class Renditions:
 
     async def _convert(self, key: str, file: StoredFile, wants: Wanted) -> None:
         """Make rendition `key` unless another process does: then wait for it (no slot needed)."""
-        from .convert import Undecodable, render  # PyAV: imported by the first conversion, not at start
+        from .convert import TooLong, Undecodable, render  # PyAV: imported by the first conversion, not at start
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + KEY_WAIT_SECONDS
@@ -211,12 +220,14 @@ class Renditions:
                     self.settings.max_cpu_seconds,
                 )
                 await loop.run_in_executor(None, self.cache.store, key)
-            except Undecodable as exc:
-                _remember(self._undecodable, key, str(exc))
-                raise _undecodable(wants, str(exc)) from None
-            except ConverterCrashed:
-                child(CONVERSION_FAILURES, wants.kind, "crashed").inc()
-                raise Refused(415, "undecodable", f"the recording could not be converted; {_ORIGINAL_STILL_THERE}")
+            except Undecodable as exc:  # remembered: converting it again would fail the same way
+                _remember(self._unconvertible, key, ("undecodable", str(exc)))
+                raise _unconvertible(wants, "undecodable", str(exc)) from None
+            except TooLong as exc:  # remembered too: it would only run out of time again
+                _remember(self._unconvertible, key, ("too_long", f"the recording cannot be converted: {exc}"))
+                raise _unconvertible(wants, *self._unconvertible[key]) from None
+            except ProcessDied:  # not remembered: the OOM killer may have been the cause
+                raise _unconvertible(wants, "crashed", "the recording could not be converted") from None
             except OSError as exc:  # the cache directory full or unwritable: this host's problem, for now
                 log.error("rendition=%s could not be made: %s", key[:8], exc)
                 raise Refused(503, "cache", "the rendition cannot be made now; retry later", RETRY_AFTER) from None
@@ -246,9 +257,10 @@ class Renditions:
             await loop.run_in_executor(None, os.close, fd)
 
 
-def _undecodable(wants: Wanted, problem: str) -> Refused:
-    child(CONVERSION_FAILURES, wants.kind, "undecodable").inc()
-    return Refused(415, "undecodable", f"{problem}; {_ORIGINAL_STILL_THERE}")
+def _unconvertible(wants: Wanted, reason: str, problem: str) -> Refused:
+    """415: `reason` is the metric's and the access log's label, `problem` what the client reads."""
+    child(CONVERSION_FAILURES, wants.kind, reason).inc()
+    return Refused(415, reason, f"{problem}; {_ORIGINAL_STILL_THERE}")
 
 
 def _remember(table: OrderedDict[str, V], key: str, value: V) -> None:
