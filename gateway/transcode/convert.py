@@ -34,6 +34,7 @@ from typing import BinaryIO, cast
 import av
 
 from .peaks import PeaksBuilder, dumps
+from .probe import PROBE_BYTES
 
 # Call recordings are mono or stereo; more channels are mixed down to stereo.
 MAX_CHANNELS = 2
@@ -42,8 +43,10 @@ _BITEXACT = {"fflags": "+bitexact"}
 # The WAV demuxer's packet size (4096 bytes by default, fewer after its own
 # per-packet duration cap): bigger packets mean far fewer trips through Python
 # per minute of audio (G.726 decodes 1.5x, µ-law 10x faster). Other demuxers
-# ignore it.
-_INPUT_OPTIONS = {"max_size": "65536"}
+# ignore it. `probesize`: opening reads (and decodes) this much to learn the
+# streams, 5 MB by default, which made opening a ten-minute PCM WAV take
+# 150 ms; the probe that decided to convert read no more than this either.
+_INPUT_OPTIONS = {"max_size": "65536", "probesize": str(PROBE_BYTES)}
 # Written (and flushed) in batches of this size: small enough that the first
 # seconds of a streamed WAV reach the edge at once (256 KiB is 16 s of 8 kHz
 # audio), large enough that a GSM frame (320 samples) is not a write each.
@@ -219,32 +222,58 @@ def _wav(frames: Iterator[av.AudioFrame], target: str, rate: int, channels: int,
 
 
 def _counted_samples(source: str, rate: int, codec: str, budget: _Budget) -> int | None:
-    """How many samples the first audio stream holds, summed from its packets' durations.
+    """How many samples the first audio stream holds, known before decoding any.
 
-    Demuxing without decoding reads the file in a few milliseconds and,
-    unlike the duration a header declares, counts only the packets really
-    there (a recording cut short is counted as far as it goes). None when
-    the count is known only after decoding: a codec that primes its decoder
-    (see `_COUNTABLE`), or a packet without a duration.
+    The length the container declares is taken when the packets at its end
+    bear it out (one seek: a whole recording); otherwise the packets are
+    demuxed and their durations summed (a recording cut short, counted as
+    far as it goes). None when only decoding can tell: a codec that primes
+    its decoder (see `_COUNTABLE`), or a packet without a duration.
     """
     if not (codec.startswith(_COUNTABLE_PREFIXES) or codec in _COUNTABLE):
         return None
     with av.open(source, options=_INPUT_OPTIONS, metadata_errors="ignore") as container:
         stream = container.streams.audio[0]
-        if stream.time_base is None:
-            return None
-        total = 0
-        try:
-            for packet in container.demux(stream):
-                budget.check()
-                if packet.size == 0:
-                    continue  # the end-of-stream marker
-                if not packet.duration or packet.duration < 0:
-                    return None
-                total += packet.duration
-        except av.FFmpegError:
-            pass  # unreadable past here: _frames stops at the same point
+        total = _declared_and_borne_out(container, stream)
+    if total is None:
+        with av.open(source, options=_INPUT_OPTIONS, metadata_errors="ignore") as container:
+            stream = container.streams.audio[0]
+            total = _summed_durations(container, stream, budget)
+    if total is None or stream.time_base is None:
+        return None
     return int(total * stream.time_base * rate)
+
+
+def _declared_and_borne_out(container: av.container.InputContainer, stream: av.AudioStream) -> int | None:
+    """The stream's declared duration, if its last packet ends exactly there (in `stream.time_base`)."""
+    declared = stream.duration
+    if not declared or stream.time_base is None:
+        return None
+    end = None
+    try:
+        container.seek(max(0, declared - int(1 / stream.time_base)), stream=stream, any_frame=True)
+        for packet in container.demux(stream):
+            if packet.size and packet.pts is not None and packet.duration:
+                end = packet.pts + packet.duration
+    except av.FFmpegError:
+        return None
+    return declared if end == declared else None
+
+
+def _summed_durations(container: av.container.InputContainer, stream: av.AudioStream, budget: _Budget) -> int | None:
+    """The durations of every packet really there, summed (in `stream.time_base`)."""
+    total = 0
+    try:
+        for packet in container.demux(stream):
+            budget.check()
+            if packet.size == 0:
+                continue  # the end-of-stream marker
+            if not packet.duration or packet.duration < 0:
+                return None
+            total += packet.duration
+    except av.FFmpegError:
+        pass  # unreadable past here: _frames stops at the same point
+    return total
 
 
 @contextlib.contextmanager
