@@ -232,22 +232,23 @@ def _counted_samples(source: str, rate: int, codec: str, budget: _Budget) -> int
     """
     if not (codec.startswith(_COUNTABLE_PREFIXES) or codec in _COUNTABLE):
         return None
-    with av.open(source, options=_INPUT_OPTIONS, metadata_errors="ignore") as container:
-        stream = container.streams.audio[0]
-        total = _declared_and_borne_out(container, stream)
-    if total is None:
+    for count in (_declared_and_borne_out, _summed_durations):
         with av.open(source, options=_INPUT_OPTIONS, metadata_errors="ignore") as container:
             stream = container.streams.audio[0]
-            total = _summed_durations(container, stream, budget)
-    if total is None or stream.time_base is None:
-        return None
-    return int(total * stream.time_base * rate)
+            if stream.time_base is None:
+                return None
+            total = count(container, stream, budget)
+            if total is not None:
+                return int(total * stream.time_base * rate)
+    return None
 
 
-def _declared_and_borne_out(container: av.container.InputContainer, stream: av.AudioStream) -> int | None:
+def _declared_and_borne_out(
+    container: av.container.InputContainer, stream: av.AudioStream, budget: _Budget
+) -> int | None:
     """The stream's declared duration, if its last packet ends exactly there (in `stream.time_base`)."""
     declared = stream.duration
-    if not declared or stream.time_base is None:
+    if not declared:
         return None
     end = None
     try:
