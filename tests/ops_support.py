@@ -43,6 +43,11 @@ def scrape(base_url: str, target: str = "/metrics") -> Samples:
     return samples
 
 
+def metric(samples: Samples, name: str, **labels: str) -> float:
+    """One sample's value (0 when it has not appeared yet)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
 def by_label(samples: Samples, name: str, label: str) -> dict[str, float]:
     """Values of one sample name keyed by one label (the other labels must not vary)."""
     result: dict[str, float] = {}

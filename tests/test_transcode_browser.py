@@ -21,13 +21,14 @@ from pathlib import Path
 
 import pytest
 from browser import chromium
+from ops_support import metric, scrape
 from playwright.sync_api import Browser
 from recordings import make_audio
 from servers import FIXED_MTIME, Gateway, new_key, running_gateway
 
 SECONDS = 600
 SEEK_BEFORE_END = 20
-WAIT_MS = 60_000  # liveness bound per wait (a cold rendition is converted before its first byte)
+WAIT_MS = 60_000  # liveness bound per wait
 MEDIA_ERR_SRC_NOT_SUPPORTED = 4
 NETWORK_NO_SOURCE = 3
 
@@ -39,6 +40,8 @@ RECORDINGS = {
     "pcm.wav": ["-c:a", "pcm_s16le"],
 }
 NOT_PLAYABLE_AS_STORED = ["gsm.wav", "g726.wav", "ima.wav"]
+LONG = "hour-gsm.wav"  # an hour of GSM: its rendition takes a second or two to write, long enough to seek into
+LONG_SECONDS = 3600
 
 ELEMENT = "document.querySelector('video, audio')"
 STATE = f"""() => {{
@@ -69,6 +72,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name, codec in RECORDINGS.items():
         make_audio(base / name, SECONDS, codec)
         os.utime(base / name, (FIXED_MTIME, FIXED_MTIME))
+    make_audio(base / LONG, LONG_SECONDS, RECORDINGS["gsm.wav"])
     return base
 
 
@@ -117,6 +121,27 @@ def test_each_wav_plays_inline_with_its_duration_and_seeks_near_the_end(
         after = page.evaluate(STATE)
         assert after["error"] is None and not after["paused"], after
         assert seek_to + 1 < after["time"] <= state["duration"], after
+    finally:
+        page.close()
+
+
+def test_a_long_call_plays_and_seeks_while_its_rendition_is_still_being_written(
+    browser: Browser, converting: Gateway
+) -> None:
+    """The player learns the hour's duration from the first response and seeks near its end
+    before the converter has written that far: the read waits for the bytes, then it plays."""
+    url = converting.link(f"/{LONG}") + "?inline=1"
+    page, state = open_player(browser, url)
+    try:
+        converting_then = metric(scrape(converting.base_url), "gateway_active_conversions", format="wav")
+        assert converting_then == 1, "the conversion ended before the player had its metadata: nothing was shown"
+        assert state["error"] is None, state
+        assert abs(state["duration"] - LONG_SECONDS) < 1, state
+        seek_to = state["duration"] - SEEK_BEFORE_END
+        page.evaluate(SEEK_AND_PLAY, seek_to)
+        page.wait_for_function(PLAYED_PAST, arg=seek_to, timeout=WAIT_MS)
+        after = page.evaluate(STATE)
+        assert after["error"] is None and not after["paused"], after
     finally:
         page.close()
 

@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 import av
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from ops_support import Samples, metric, scrape
 from recordings import make_audio
 from s3_support import gateway_s3_env, running_moto, s3_client
 from servers import (
@@ -136,21 +136,8 @@ def decoded(data: bytes) -> tuple[str, str, int, int, float]:
         return container.format.name, context.codec.canonical_name, rate, context.channels, samples / rate
 
 
-def metrics(gateway: Gateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of /metrics, by name and sorted labels."""
-    text = request(gateway.base_url, "/metrics").body.decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-Samples = Mapping[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def metric(values: Samples, name: str, **labels: str) -> float:
-    return values.get((name, tuple(sorted(labels.items()))), 0.0)
+def metrics(gateway: Gateway) -> Samples:
+    return scrape(gateway.base_url)
 
 
 def grown(before: Samples, after: Samples, name: str, **labels: str) -> float:
@@ -363,9 +350,7 @@ def pool_processes(pid: int) -> set[int]:
     return found
 
 
-def test_pool_processes_killed_cut_only_what_they_were_making(
-    library: Library, tmp_path: Path
-) -> None:
+def test_pool_processes_killed_cut_only_what_they_were_making(library: Library, tmp_path: Path) -> None:
     """A converter killed mid-stream: that transfer is cut short of Content-Length (never a
     complete-looking wrong body) and the next request succeeds. Processes killed while idle: nothing fails."""
     path = library.add_copy(LONG, "/calls/crash-midway.wav")

@@ -328,6 +328,75 @@ def test_sources_whose_length_needs_decoding_appear_only_when_complete(minute: P
         assert out.getnframes() / out.getframerate() == pytest.approx(60, abs=0.05)
 
 
+@pytest.mark.parametrize("kind", ["wav", "opus", "peaks"])
+def test_a_conversion_past_its_cpu_time_is_too_long(tmp_path: Path, kind: str) -> None:
+    long = make_audio(tmp_path / "long.wav", 120, ["-c:a", "gsm_ms"])
+    with pytest.raises(TooLong) as stopped:
+        render(str(long), str(tmp_path / "out"), kind, 100, cpu_seconds=0.01)
+    assert "0.01 CPU-seconds" in str(stopped.value)
+    # The limit is per call: the same file within its time converts whole.
+    assert render(str(long), str(tmp_path / "out"), kind, 100, cpu_seconds=60).seconds == pytest.approx(120, abs=0.1)
+
+
+# -- the process pools -------------------------------------------------------------------
+
+
+def test_a_call_whose_process_dies_twice_fails_and_the_pool_is_replaced() -> None:
+    pool = ProcessPool("test", 1, idle=False)
+
+    async def scenario() -> tuple[int, int, int]:
+        first = await pool.run(os.getpid)
+        with pytest.raises(ProcessDied):
+            await pool.run(os._exit, 3)  # a decoder crash, as far as the pool can tell: tried twice
+        second = await pool.run(os.getpid)
+        # Killed between calls (the OOM killer): the next call is not blamed, it runs in a new pool.
+        os.kill(second, signal.SIGKILL)
+        await asyncio.to_thread(poll, lambda: pid_gone(second), bool, 10.0)
+        return first, second, await pool.run(os.getpid)
+
+    try:
+        first, second, third = asyncio.run(scenario())
+    finally:
+        pool.close()
+    assert len({first, second, third}) == 3
+
+
+def test_calls_broken_by_another_calls_crash_are_made_again(tmp_path: Path) -> None:
+    """Two calls share a pool; one crashes it: the other is not lost."""
+    pool = ProcessPool("test", 2, idle=False)
+    marker = tmp_path / "crashed-once"
+
+    async def scenario() -> tuple[BaseException | float, ...]:
+        await pool.run(os.getpid)
+        slow = asyncio.ensure_future(pool.run(time.sleep, 0.5))
+        await asyncio.sleep(0.1)  # only an ordering hint: the slow call is running or queued either way
+        crash = asyncio.ensure_future(pool.run(crash_once, str(marker)))
+        return tuple(await asyncio.gather(slow, crash, return_exceptions=True))
+
+    try:
+        slow, crash = asyncio.run(scenario())
+    finally:
+        pool.close()
+    assert slow is None  # time.sleep returned: made again after the crash broke the pool
+    assert crash == "second time"
+
+
+def crash_once(marker: str) -> str:
+    """Dies the first time (a crash the OOM killer could cause), works the second."""
+    if not os.path.exists(marker):
+        Path(marker).touch()
+        os._exit(9)
+    return "second time"
+
+
+def pid_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"
+
+
 def test_declared_size_reads_only_whole_wav_headers() -> None:
     header = b"RIFF" + (1036).to_bytes(4, "little") + b"WAVE" + b"\0" * 32
     assert declared_size(header) == 1044
@@ -358,7 +427,7 @@ def test_a_growing_rendition_is_read_as_it_is_written(tmp_path: Path) -> None:
 
         async def write_slowly() -> None:
             nonlocal finished
-            with open(path, "wb", buffering=0) as out:
+            with open(path, "wb", buffering=0) as out:  # noqa: ASYNC230 (the converter, played by the test: small writes)
                 out.write(header[:20])  # not yet a whole header: follow() keeps waiting
                 await asyncio.sleep(0.05)
                 out.write(header[20:])
