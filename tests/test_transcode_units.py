@@ -26,8 +26,8 @@ from servers import poll
 
 from gateway.config import ConfigError, Transcode, load_settings
 from gateway.storage import StorageUnavailable
-from gateway.transcode.cache import OpenRenditions, RenditionCache, RenditionFile, key_lock_offset
-from gateway.transcode.convert import PARTIAL_SUFFIX, Rendered, TooLong, Undecodable, render
+from gateway.transcode.cache import PARTIAL_SUFFIX, OpenRenditions, RenditionCache, RenditionFile, key_lock_offset
+from gateway.transcode.convert import Rendered, TooLong, Undecodable, render
 from gateway.transcode.growing import HEADER_BYTES, declared_size, follow
 from gateway.transcode.peaks import PeaksBuilder
 from gateway.transcode.pool import ProcessDied, ProcessPool
@@ -650,6 +650,7 @@ def test_leftovers_of_dead_conversions_are_removed_but_not_running_ones(tmp_path
     cache = cache_in(tmp_path)
     Path(cache.source_path("dead")).write_bytes(b"x")
     Path(cache.output_path("dead")).write_bytes(b"x")
+    Path(cache.output_path("dead") + PARTIAL_SUFFIX).write_bytes(b"x")
     Path(cache.source_path("alive")).write_bytes(b"x")
     cache.close()
     holder = hold_locks(tmp_path / "locks", [key_lock_offset("alive")])
@@ -659,6 +660,16 @@ def test_leftovers_of_dead_conversions_are_removed_but_not_running_ones(tmp_path
         holder.stdin.close()
         holder.wait()
     assert sorted(os.listdir(tmp_path / "partial")) == ["alive.in"]
+
+
+def test_a_finished_or_failed_conversion_leaves_nothing_in_partial(tmp_path: Path) -> None:
+    cache = cache_in(tmp_path)
+    for path in (cache.source_path("k"), cache.output_path("k"), cache.output_path("k") + PARTIAL_SUFFIX):
+        Path(path).write_bytes(b"x")
+    cache.remove_partial("k")
+    cache.remove_partial("k")  # nothing left: not an error
+    assert os.listdir(tmp_path / "partial") == []
+    cache.close()
 
 
 # -- configuration ----------------------------------------------------------------

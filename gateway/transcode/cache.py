@@ -5,6 +5,8 @@ Layout of the cache directory (shared by every worker of the host):
     renditions/<key>   finished renditions; a file's mtime is when it was last used
     partial/<key>.in   the copy of the source a conversion reads
     partial/<key>.out  what the conversion writes, renamed into renditions/ once complete
+                       (a PCM WAV is read from here while it is written: see `growing`)
+    partial/<key>.out.part  an output whose size is known only once complete, renamed to .out then
     locks              an empty file carrying byte-range locks
 
 A rendition appears whole or not at all (rename is atomic), so readers never
@@ -52,6 +54,8 @@ log = logging.getLogger("gateway.transcode")
 
 LOCK_FILE = "locks"
 KEY_LOCKS = 1 << 40  # key locks start here, far above any slot
+# An output whose size is known only when complete is written under this suffix, then renamed.
+PARTIAL_SUFFIX = ".part"
 TOUCH_SECONDS = 60.0  # a used rendition's mtime is refreshed at most this often
 _BUSY = (errno.EAGAIN, errno.EACCES)
 
@@ -210,7 +214,7 @@ class RenditionCache:
         self.evict(keep=key)
 
     def remove_partial(self, key: str) -> None:
-        for path in (self.source_path(key), self.output_path(key)):
+        for path in (self.source_path(key), self.output_path(key), self.output_path(key) + PARTIAL_SUFFIX):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 

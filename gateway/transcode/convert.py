@@ -33,6 +33,7 @@ from typing import BinaryIO, cast
 
 import av
 
+from .cache import PARTIAL_SUFFIX
 from .peaks import PeaksBuilder, dumps
 from .probe import PROBE_BYTES
 
@@ -57,7 +58,6 @@ _WRITE_BYTES = 256 * 1024
 # of a second long); they are converted before they are sent.
 _COUNTABLE_PREFIXES = ("pcm_", "adpcm_")
 _COUNTABLE = frozenset({"gsm", "gsm_ms", "g722", "g723_1"})
-PARTIAL_SUFFIX = ".part"  # a WAV whose size is not known until it is complete is written under this
 
 
 class Undecodable(Exception):
