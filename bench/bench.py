@@ -310,11 +310,12 @@ def descendants(root: int, parents: dict[int, int]) -> Iterator[int]:
 def worker_pids(root: int) -> list[int]:
     """The processes serving requests: leaves of the tree below `root`.
 
-    multiprocessing's helper (resource tracker) is not a worker. With one
-    worker (no children) the serve process is the worker itself.
+    multiprocessing's processes (the resource tracker, the rendition pools'
+    probe and conversion processes) are not workers. With one worker (no
+    other children) the serve process is the worker itself.
     """
     parents = process_table()
-    tree = [pid for pid in descendants(root, parents) if "multiprocessing.resource_tracker" not in cmdline(pid)]
+    tree = [pid for pid in descendants(root, parents) if "multiprocessing" not in cmdline(pid)]
     leaves = [pid for pid in tree if not any(parents.get(other) == pid for other in tree)]
     return sorted(leaves) or [root]
 
