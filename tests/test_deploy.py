@@ -29,6 +29,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from gateway.config import load_settings
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
@@ -415,6 +417,18 @@ def test_recordings_volume_is_a_read_only_claim_and_tmp_is_writable() -> None:
         assert _pod_spec()["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
 
 
+def test_rendition_cache_has_a_volume_larger_than_its_bound() -> None:
+    """The cache may pass its bound by one rendition; a pod whose emptyDir passes sizeLimit is evicted."""
+    env = _env(_container())
+    transcode = {name: value for name, value in env.items() if name.startswith("GATEWAY_TRANSCODE_")}
+    settings = load_settings(None, {**transcode, "GATEWAY_KEY": "11" * 32, "GATEWAY_STORAGE": "file:///"})
+    mounts = _mounts_by_volume()
+    (name,) = [n for n, m in mounts.items() if m["mountPath"] == env["GATEWAY_TRANSCODE_CACHE_DIR"]]
+    assert not mounts[name].get("readOnly", False)
+    two_hour_rendition = 2 * 3600 * 8000 * 2
+    assert _quantity(_volume(name)["emptyDir"]["sizeLimit"]) >= settings.transcode.cache_bytes + two_hour_rendition
+
+
 # --------------------------------------------------------------------------- Kubernetes: around the Deployment
 
 
@@ -750,6 +764,13 @@ def test_systemd_unit_sandbox() -> None:
     roots = [urlsplit(url).path for url in _storage_urls(env["GATEWAY_STORAGE"]) if url.startswith("file:")]
     read_only = {path.lstrip("-") for line in service["ReadOnlyPaths"] for path in line.split()}
     assert roots and set(roots) <= read_only
+    # ProtectSystem=strict leaves the rendition cache writable only as the unit's CacheDirectory.
+    assert env["GATEWAY_TRANSCODE_CACHE_DIR"] == "%C/" + last("CacheDirectory")
+    # Converters lower their own priority: allowed again after @resources is denied.
+    filters = [line.split() for line in service["SystemCallFilter"]]
+    denied_at = next(i for i, words in enumerate(filters) if words[0].startswith("~") and "@resources" in words)
+    allowed_after = {call for words in filters[denied_at + 1 :] if not words[0].startswith("~") for call in words}
+    assert {"sched_setscheduler", "setpriority"} <= allowed_after
 
 
 def test_systemd_unit_key_environment_and_shutdown() -> None:
