@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from browser import chromium
 from ops_support import metric, scrape
-from playwright.sync_api import Browser
+from playwright.sync_api import Browser, Page
 from recordings import make_audio
 from servers import FIXED_MTIME, Gateway, new_key, running_gateway
 
@@ -97,7 +97,7 @@ def browser() -> Iterator[Browser]:
         yield running
 
 
-def open_player(browser: Browser, url: str) -> tuple[object, dict]:
+def open_player(browser: Browser, url: str) -> tuple[Page, dict]:
     """Open a link as a user would; return the page and its media element's state once it settled."""
     page = browser.new_page()
     page.goto(url, wait_until="commit", timeout=WAIT_MS)
@@ -115,14 +115,19 @@ def test_each_wav_plays_inline_with_its_duration_and_seeks_near_the_end(
         assert state["error"] is None, state
         assert str(page.evaluate(VERDICT, url)).startswith("plays"), state
         assert abs(state["duration"] - SECONDS) < 1, state
-        seek_to = state["duration"] - SEEK_BEFORE_END
-        page.evaluate(SEEK_AND_PLAY, seek_to)
-        page.wait_for_function(PLAYED_PAST, arg=seek_to, timeout=WAIT_MS)
-        after = page.evaluate(STATE)
-        assert after["error"] is None and not after["paused"], after
-        assert seek_to + 1 < after["time"] <= state["duration"], after
+        seek_near_the_end_and_play(page, state["duration"])
     finally:
         page.close()
+
+
+def seek_near_the_end_and_play(page: Page, duration: float) -> None:
+    """Seek to SEEK_BEFORE_END seconds before the end; it must play on past the seek point."""
+    seek_to = duration - SEEK_BEFORE_END
+    page.evaluate(SEEK_AND_PLAY, seek_to)
+    page.wait_for_function(PLAYED_PAST, arg=seek_to, timeout=WAIT_MS)
+    after = page.evaluate(STATE)
+    assert after["error"] is None and not after["paused"], after
+    assert seek_to + 1 < after["time"] <= duration, after
 
 
 def test_a_long_call_plays_and_seeks_while_its_rendition_is_still_being_written(
@@ -137,11 +142,7 @@ def test_a_long_call_plays_and_seeks_while_its_rendition_is_still_being_written(
         assert converting_then == 1, "the conversion ended before the player had its metadata: nothing was shown"
         assert state["error"] is None, state
         assert abs(state["duration"] - LONG_SECONDS) < 1, state
-        seek_to = state["duration"] - SEEK_BEFORE_END
-        page.evaluate(SEEK_AND_PLAY, seek_to)
-        page.wait_for_function(PLAYED_PAST, arg=seek_to, timeout=WAIT_MS)
-        after = page.evaluate(STATE)
-        assert after["error"] is None and not after["paused"], after
+        seek_near_the_end_and_play(page, state["duration"])
     finally:
         page.close()
 
