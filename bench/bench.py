@@ -38,6 +38,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from gateway.tokens import KEY_BYTES, encrypt_path
 
@@ -293,13 +294,6 @@ def process_table() -> dict[int, int]:
     return parents
 
 
-def cmdline(pid: int) -> str:
-    try:
-        return (Path(f"/proc/{pid}/cmdline").read_bytes()).replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
 def descendants(root: int, parents: dict[int, int]) -> Iterator[int]:
     for pid, parent in parents.items():
         if parent == root:
@@ -307,16 +301,55 @@ def descendants(root: int, parents: dict[int, int]) -> Iterator[int]:
             yield from descendants(pid, parents)
 
 
-def worker_pids(root: int) -> list[int]:
-    """The processes serving requests: leaves of the tree below `root`.
+def listening_inodes(port: int) -> set[str]:
+    """Inodes of the sockets listening on `port` (from /proc/net/tcp and tcp6)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:  # 0A: LISTEN
+                inodes.add(fields[9])
+    return inodes
 
-    multiprocessing's processes (the resource tracker, the rendition pools'
-    probe and conversion processes) are not workers. With one worker (no
-    other children) the serve process is the worker itself.
+
+def holds_socket(pid: int, inodes: set[str]) -> bool:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:[") and link[8:-1] in inodes:
+            return True
+    return False
+
+
+def server_workers(server: Server) -> list[int]:
+    """The worker processes of a server started by this script."""
+    port = urlsplit(server.base_url).port
+    assert port is not None
+    return worker_pids(server.process.pid, port)
+
+
+def worker_pids(root: int, port: int) -> list[int]:
+    """The processes serving requests: those at or below `root` holding the listening socket, no child of
+    theirs holding it too.
+
+    uvicorn's supervisor holds the socket as its workers do, so it is not a
+    leaf among them; the rendition pools' processes and multiprocessing's
+    resource tracker hold none. With one worker, the serve process is the worker.
     """
     parents = process_table()
-    tree = [pid for pid in descendants(root, parents) if "multiprocessing" not in cmdline(pid)]
-    leaves = [pid for pid in tree if not any(parents.get(other) == pid for other in tree)]
+    inodes = listening_inodes(port)
+    holders = [pid for pid in [root, *descendants(root, parents)] if holds_socket(pid, inodes)]
+    leaves = [pid for pid in holders if not any(parents.get(other) == pid for other in holders)]
     return sorted(leaves) or [root]
 
 
@@ -330,7 +363,7 @@ def peak_rss_kib(pid: int) -> int:
 
 def workers_peak_rss(server: Server) -> dict[str, int]:
     """pid (as text, for JSON) -> VmHWM in KiB, for each worker."""
-    return {str(pid): peak_rss_kib(pid) for pid in worker_pids(server.process.pid)}
+    return {str(pid): peak_rss_kib(pid) for pid in server_workers(server)}
 
 
 # -- checking the bytes --------------------------------------------------------

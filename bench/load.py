@@ -50,11 +50,11 @@ from bench import (
     judge,
     parse_wrk,
     peak_rss_kib,
+    server_workers,
     sha256_of,
     start,
     stop,
     wait_until_up,
-    worker_pids,
     write_random_file,
 )
 from gateway.tokens import KEY_BYTES, encrypt_path
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, digest in digests.items():
             if sha256_of(gateway.url(name)) != digest:
                 raise RuntimeError(f"the gateway returned the wrong bytes for {name}")
-        workers = worker_pids(gateway.process.pid)
+        workers = server_workers(gateway)
         print(f"gateway at {gateway.base_url}, {len(workers)} workers {workers}: bytes verified", flush=True)
         time.sleep(1.0)  # the workers settle before the baseline
 
