@@ -25,6 +25,7 @@ from .cache import RenditionFile
 # RIFF, fmt and data headers, as Python's `wave` writes them for PCM.
 HEADER_BYTES = 44
 POLL_SECONDS = 0.01
+MAX_POLL_SECONDS = 0.1
 
 
 def declared_size(head: bytes) -> int | None:
@@ -56,12 +57,16 @@ class GrowingRendition(RenditionFile):
 async def follow(path: str, etag: str, mtime: int, chunk: int, finished: Callable[[], bool]) -> GrowingRendition | None:
     """The rendition being written at `path`, once its header is there; None if `finished()` comes first."""
     loop = asyncio.get_running_loop()
+    delay = POLL_SECONDS
     while not finished():
         opened = await loop.run_in_executor(None, _open_declared, path)
         if opened is not None:
             fd, size = opened
             return GrowingRendition(size, mtime, etag, fd, chunk, finished)
-        await asyncio.sleep(POLL_SECONDS)
+        await asyncio.sleep(delay)
+        # A header comes within milliseconds or only at the end (a WAV whose size needs decoding
+        # is renamed there complete): after the first looks, look less often.
+        delay = min(2 * delay, MAX_POLL_SECONDS)
     return None
 
 
