@@ -220,6 +220,10 @@ class Renditions:
                     self.settings.max_cpu_seconds,
                 )
                 await loop.run_in_executor(None, self.cache.store, key)
+                elapsed = time.perf_counter() - started
+                # Counted before the gauge drops: a scrape that sees no conversion running sees this one done.
+                child(CONVERSIONS, rendered.codec, wants.kind).inc()
+                child(CONVERSION_DURATION, wants.kind).observe(elapsed)
             except Undecodable as exc:  # remembered: converting it again would fail the same way
                 _remember(self._unconvertible, key, ("undecodable", str(exc)))
                 raise _unconvertible(wants, "undecodable", str(exc)) from None
@@ -235,9 +239,6 @@ class Renditions:
                 self.cache.release_slot(slot)
                 active.dec()
                 await loop.run_in_executor(None, self.cache.remove_partial, key)
-            elapsed = time.perf_counter() - started
-            child(CONVERSIONS, rendered.codec, wants.kind).inc()
-            child(CONVERSION_DURATION, wants.kind).observe(elapsed)
             log.info(
                 "converted rendition=%s codec=%s format=%s audio=%.1fs in %.3fs",
                 key[:8], rendered.codec, wants.kind, rendered.seconds, elapsed,
