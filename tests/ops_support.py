@@ -21,6 +21,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from servers import HOST, poll, split_base
 
 K = TypeVar("K")
+# The contract's metrics: names and types are part of the product's outside (../shared/CONTRACT.md;
+# test_deploy checks this table against CONTRACT.md and the dashboard).
+CONTRACT_METRICS = {
+    "gateway_requests_total": "counter",
+    "gateway_request_duration_seconds": "histogram",
+    "gateway_response_bytes_total": "counter",
+    "gateway_rejected_total": "counter",
+    "gateway_active_streams": "gauge",
+    "gateway_storage_errors_total": "counter",
+}
 # (sample name, sorted label pairs) -> value
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import boto3
 from botocore.config import Config
-from servers import HOST, START_TIMEOUT, free_port
+from servers import HOST, START_TIMEOUT, LoggedProcess, free_port
 
 # Credentials moto accepts (it does not check them); the gateway gets the same.
 AWS_ENV = {
@@ -44,7 +44,7 @@ FAST_FAILURE_ENV = {
 
 
 @dataclass
-class MotoServer:
+class MotoServer(LoggedProcess):
     """A running moto server process (S3 at `endpoint_url`)."""
 
     process: subprocess.Popen[bytes]
@@ -69,14 +69,6 @@ class MotoServer:
     def kill(self) -> None:
         """SIGKILL, like a crash: the kernel closes every connection."""
         stop_moto(self)
-
-    def log_size(self) -> int:
-        return self.log.stat().st_size
-
-    def log_since(self, offset: int) -> str:
-        with self.log.open("rb") as handle:
-            handle.seek(offset)
-            return handle.read().decode("utf-8", "replace")
 
     def requests_since(self, offset: int, method: str, key: str) -> list[int]:
         """Statuses of the `method` requests moto logged for `key` (an ASCII key) since `offset`."""

@@ -309,8 +309,24 @@ def gateway_environment(
     return env
 
 
+class LoggedProcess:
+    """What a started process logged: its `log` file (stdout and stderr), read from an offset on."""
+
+    log: Path
+
+    def log_size(self) -> int:
+        """Bytes in the process's log so far."""
+        return self.log.stat().st_size
+
+    def log_since(self, offset: int) -> str:
+        """What the process logged after `offset` (from log_size())."""
+        with self.log.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode("utf-8", "replace")
+
+
 @dataclass
-class Gateway:
+class Gateway(LoggedProcess):
     """A running `storage-gateway serve` process."""
 
     process: subprocess.Popen[bytes]
@@ -339,16 +355,6 @@ class Gateway:
     def target(self, path: str, key: bytes | None = None) -> str:
         """The request target (`/<token>`) for a storage path."""
         return "/" + self.token(path, key)
-
-    def log_size(self) -> int:
-        """Bytes in the process's log so far (stdout and stderr)."""
-        return self.log.stat().st_size
-
-    def log_since(self, offset: int) -> str:
-        """What the process logged after `offset` (from log_size())."""
-        with self.log.open("rb") as handle:
-            handle.seek(offset)
-            return handle.read().decode("utf-8", "replace")
 
 
 def start_gateway(

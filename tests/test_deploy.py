@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import kubernetes_validate
 import pytest
 import yaml
+from ops_support import CONTRACT_METRICS
 
 from gateway.config import load_settings
 
@@ -40,15 +41,6 @@ COMPOSE = DEPLOY / "docker-compose.yml"
 DASHBOARD = DEPLOY / "grafana" / "storage-gateway.json"
 CONTRACT = ROOT.parent / "shared" / "CONTRACT.md"
 
-# The contract's metrics (names and types are part of the product's outside).
-CONTRACT_METRICS = {
-    "gateway_requests_total": "counter",
-    "gateway_request_duration_seconds": "histogram",
-    "gateway_response_bytes_total": "counter",
-    "gateway_rejected_total": "counter",
-    "gateway_active_streams": "gauge",
-    "gateway_storage_errors_total": "counter",
-}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 DEFAULT_DRAIN_SECONDS = 30
 EDGE_PORT, METRICS_PORT = 8080, 9100

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from ops_support import (
+    CONTRACT_METRICS,
     Samples,
     by_label,
     by_labels,
@@ -50,14 +51,6 @@ from servers import (
 
 BIG = "/ops-metrics/big-32m.bin"
 CALL = "/ops-metrics/call-gsm.wav"
-CONTRACT_FAMILIES = {
-    "gateway_requests_total": "counter",
-    "gateway_request_duration_seconds": "histogram",
-    "gateway_response_bytes_total": "counter",
-    "gateway_rejected_total": "counter",
-    "gateway_active_streams": "gauge",
-    "gateway_storage_errors_total": "counter",
-}
 CONTRACT_LABELS = {
     "gateway_requests": {"method", "status"},
     "gateway_request_duration_seconds": {"method"},
@@ -212,7 +205,7 @@ def test_series_have_the_contract_names_types_and_labels(metered: Metered, stora
     assert (response.getheader("Content-Type") or "").startswith("text/plain")
     families = {family.name: family for family in text_string_to_metric_families(text)}
     ours = {name: family for name, family in families.items() if name.startswith("gateway_")}
-    contract, renditions = parsed_names(CONTRACT_FAMILIES), parsed_names(RENDITION_FAMILIES)
+    contract, renditions = parsed_names(CONTRACT_METRICS), parsed_names(RENDITION_FAMILIES)
     assert set(ours) <= set(contract) | set(renditions)
     assert set(ours) >= set(contract) - {"gateway_storage_errors"}  # no storage failed yet
     assert {"gateway_conversions", "gateway_conversion_duration_seconds", "gateway_rendition_cache"} <= set(ours)
