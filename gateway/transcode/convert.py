@@ -128,15 +128,14 @@ def render(source: str, target: str, kind: str, pixels: int = 0, cpu_seconds: fl
     return Rendered(codec, samples / rate)
 
 
-@dataclass(slots=True)
 class _Budget:
     """CPU time this process may still use for the conversion (0 seconds: no limit)."""
 
-    seconds: float
-    deadline: float = 0.0
+    __slots__ = ("deadline", "seconds")
 
-    def __post_init__(self) -> None:
-        self.deadline = time.process_time() + self.seconds if self.seconds > 0 else math.inf
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.deadline = time.process_time() + seconds if seconds > 0 else math.inf
 
     def check(self) -> None:
         if time.process_time() > self.deadline:
