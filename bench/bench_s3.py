@@ -53,7 +53,7 @@ import aioboto3
 import boto3
 from aiobotocore.config import AioConfig
 
-from gateway.tokens import KEY_BYTES, encrypt_path
+from gateway.links.tokens import KEY_BYTES, encrypt_path
 
 KIB = 1024
 MIB = 1024 * KIB

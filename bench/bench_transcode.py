@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from gateway.tokens import encrypt_path
+from gateway.links.tokens import encrypt_path
 
 HOST = "127.0.0.1"
 KIB = 1024

@@ -57,7 +57,7 @@ from bench import (
     wait_until_up,
     write_random_file,
 )
-from gateway.tokens import KEY_BYTES, encrypt_path
+from gateway.links.tokens import KEY_BYTES, encrypt_path
 
 SMALL_NAME, SMALL_SIZE = "small-64k.mp3", 64 * KIB
 BIG_NAME, BIG_SIZE = "big-8m.ogg", 8 * MIB

@@ -14,12 +14,17 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
-from .config import CONFIG_FILE_ENV, MULTIPROC_ENV, ConfigError, Settings, load_settings
-from .devdefaults import SAMPLE_PATHS
-from .paths import PathRefused, confine
-from .tokens import KEY_BYTES, TokenError, decrypt_token, encrypt_path, format_key
+from .common.metrics import MULTIPROC_ENV
+from .config import CONFIG_FILE_ENV, LINK_SETTINGS, ConfigError, Settings, load_settings
+from .config.devdefault import SAMPLE_PATHS
+from .links.paths import PathRefused, confine
+from .links.tokens import KEY_BYTES, TokenError, encrypt_path, format_key
+
+if TYPE_CHECKING:
+    from .links.inspect import LinkReport
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "api-client":
         return _api_client_add(args.id, args.prefix)
     try:
-        settings = load_settings(args.config)
+        # A link is made with the key alone: `link encrypt` runs where no storage is mounted.
+        only = LINK_SETTINGS if args.command == "link" and args.link_command == "encrypt" else None
+        settings = load_settings(args.config, only=only)
     except ConfigError as exc:
         print(f"storage-gateway: {exc}", file=sys.stderr)
         return 2
@@ -103,35 +110,23 @@ def _encrypt(path: str, settings: Settings) -> int:
 
 def _decrypt(token_or_url: str, settings: Settings) -> int:
     """The path on the first line (for scripts), then what the link API's resolve says, one field a line."""
-    from .linkinfo import split_link
-
-    token, _ = split_link(token_or_url)
     try:
-        decrypt_token(token, settings.keys)
+        report = asyncio.run(_inspect(token_or_url, settings))
     except TokenError as exc:
         print(f"storage-gateway: not a link token ({exc.reason}): {exc}", file=sys.stderr)
         return 1
-    report = asyncio.run(_inspect(token_or_url, settings))
     print(report.path)
     for line in report.lines():
         print(line)
     return 0
 
 
-async def _inspect(link: str, settings: Settings):  # type: ignore[no-untyped-def]
-    from .linkinfo import LinkInspector
-    from .revocation import Revocations
-    from .storage.configured import build_storages
+async def _inspect(link: str, settings: Settings) -> LinkReport:
+    from .services import build_services
 
-    storages = build_storages(settings)
-    revocations = Revocations(settings.revocation_file)
-    async with contextlib.AsyncExitStack() as stack:
-        for storage in storages:
-            await storage.start()
-            stack.push_async_callback(storage.aclose)
-        await revocations.load()
-        inspector = LinkInspector(settings.keys, storages, revocations, settings.require_signed)
-        return await inspector.inspect(link)
+    services = build_services(settings, converting=False)
+    async with services.running(watch_revocations=False):
+        return await services.inspector.inspect(link)
 
 
 def _log_config() -> dict:
@@ -196,9 +191,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if settings.dev_dir is not None:
         os.environ["GATEWAY_DEV_DIR"] = str(settings.dev_dir)
     with _metrics_directory(args.workers):
-        from .edge import METRICS_PORT_ENV, create_app
-        from .metrics import serve_on_port
-        from .supervisor import Supervisor
+        from .common.metrics import serve_on_port
+        from .edge.app import METRICS_PORT_ENV, create_app
+        from .edge.supervisor import Supervisor
 
         if args.metrics_port:
             os.environ[METRICS_PORT_ENV] = str(args.metrics_port)
@@ -211,13 +206,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             access_log=False,  # ours is structured: gateway.access
             proxy_headers=False,  # X-Forwarded-For is honoured from trusted proxies only, by us
             server_header=False,
-            timeout_graceful_shutdown=settings.drain_seconds,
+            timeout_graceful_shutdown=settings.edge.drain_seconds,
             log_config=_log_config(),
         )
         if args.workers == 1:
             uvicorn.run(create_app(settings), **options)
         else:
-            config = uvicorn.Config("gateway.edge:create_app", factory=True, workers=args.workers, **options)
+            config = uvicorn.Config("gateway.edge.app:create_app", factory=True, workers=args.workers, **options)
             Supervisor(config, sockets=[config.bind_socket()]).run()
     return 0
 
@@ -225,7 +220,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 def _api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from .api import build_api
+    from .api.app import build_api
 
     try:
         app = build_api(settings)
@@ -238,7 +233,7 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
         port=args.port,
         loop="uvloop",
         http="httptools",
-        access_log=settings.access_log,
+        access_log=settings.edge.access_log,
         server_header=False,
         log_config=_log_config(),
     )
@@ -247,12 +242,12 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
 
 def _api_client_add(client_id: str, prefix: str) -> int:
     """A new random bearer token (shown once, stored nowhere) and the entry that configures its hash."""
-    from .config import api_client
+    from .links.clients import parse_client
 
     token = secrets.token_urlsafe(32)
     entry = f"{client_id}:{hashlib.sha256(token.encode()).hexdigest()}:{prefix}"
     try:
-        api_client(entry)
+        parse_client(entry)
     except ValueError as exc:
         print(f"storage-gateway: {exc}", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ if os.environ.get("CI"):
 
 sys.path.insert(0, str(Path(__file__).parent))  # `servers` imports whatever the test package layout
 
-from servers import (  # noqa: E402
+from servers import (
     SECRET_MARKER,
     Gateway,
     Nginx,

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote
 
-from gateway.tokens import TokenError, decrypt_token, encrypt_path
+from gateway.links.tokens import TokenError, decrypt_token, encrypt_path
 
 T = TypeVar("T")
 

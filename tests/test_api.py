@@ -23,11 +23,14 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 from starlette.testclient import TestClient
 
-from gateway import api as api_module
-from gateway.api import MAX_BATCH, MAX_CHECK, MAX_EXPIRES_IN, build_api
-from gateway.config import ApiClient, ConfigError, api_client, load_settings
-from gateway.signing import LinkSigner
-from gateway.tokens import encrypt_path
+from gateway.api import app as api_module
+from gateway.api.app import build_api
+from gateway.api.models import MAX_BATCH, MAX_CHECK, MAX_EXPIRES_IN
+from gateway.config import ConfigError, load_settings
+from gateway.links.clients import ApiClient
+from gateway.links.clients import parse_client as api_client
+from gateway.links.signing import LinkSigner
+from gateway.links.tokens import encrypt_path
 
 K1 = bytes.fromhex("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
 K2 = bytes.fromhex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
@@ -192,7 +195,7 @@ def test_expires_in_makes_a_signed_expiring_link(env):
     assert params["exp"] == str(exp) and set(params) == {"exp", "sig"}
     token = token_of(body["record_url"])
     assert token == encrypt_path("/300/a.mp3", K1)
-    LinkSigner([K1]).verify(token, params, START)
+    assert LinkSigner([K1]).check(token, params, START) is None
 
 
 def test_filename_and_inline_are_signed(env):
@@ -201,7 +204,7 @@ def test_filename_and_inline_are_signed(env):
     assert body["expires_at"] is None and body["signed"] is True
     params = query(body["record_url"])
     assert params["inline"] == "1" and params["filename"] == "звонок & co.mp3" and "exp" not in params
-    LinkSigner([K1]).verify(token_of(body["record_url"]), params, START + 10**9)
+    assert LinkSigner([K1]).check(token_of(body["record_url"]), params, START + 10**9) is None
 
 
 @pytest.mark.parametrize("options", [{"inline": False}, {"expires_in": None, "filename": None, "inline": None}])
@@ -215,7 +218,7 @@ def test_links_are_issued_with_the_first_key(root):
         body = api.post("/v1/links", {"path": "/300/a.mp3", "expires_in": 60}).json()
         token = token_of(body["record_url"])
         assert token == encrypt_path("/300/a.mp3", K2)
-        LinkSigner([K2]).verify(token, query(body["record_url"]), START)
+        assert LinkSigner([K2]).check(token, query(body["record_url"]), START) is None
 
 
 def test_require_signed_makes_every_link_signed(root):
@@ -224,7 +227,7 @@ def test_require_signed_makes_every_link_signed(root):
         assert body["signed"] is True and body["expires_at"] is None
         params = query(body["record_url"])
         assert set(params) == {"sig"}
-        LinkSigner([K1]).verify(token_of(body["record_url"]), params, START)
+        assert LinkSigner([K1]).check(token_of(body["record_url"]), params, START) is None
 
 
 # --- authentication --------------------------------------------------------------------------
@@ -503,6 +506,7 @@ def test_resolve_a_plain_link(env):
         "served": True,
         "status": 200,
         "reason": None,
+        "detail": None,
     }
     assert K1.hex() not in reply.text and K1.hex().upper() not in reply.text
 
@@ -567,13 +571,15 @@ def test_resolve_says_which_key_opened_the_link(root):
 
 
 def test_resolve_is_limited_to_the_callers_prefix(env):
+    # Outside the prefix, a link is answered exactly as garbage is: not even "it is outside" is told.
+    garbage = env.post("/v1/links/resolve", {"link": "garbage"})
     link = encrypt_path("/400/other.mp3", K1)
-    error(env.post("/v1/links/resolve", {"link": link}), 403, "link")
     assert env.post("/v1/links/resolve", {"link": link}, bearer=OTHER).status_code == 200
-    # The same answer for a file outside the prefix whether or not it exists: no oracle.
     missing = encrypt_path("/400/missing.mp3", K1)
-    error(env.post("/v1/links/resolve", {"link": missing}), 403, "link")
-    error(env.post("/v1/links/resolve", {"link": encrypt_path("/300/../400/other.mp3", K1)}), 403, "link")
+    for outside in (link, missing, encrypt_path("/300/../400/other.mp3", K1)):
+        reply = env.post("/v1/links/resolve", {"link": outside})
+        assert (reply.status_code, reply.content) == (garbage.status_code, garbage.content)
+    error(garbage, 400, "link")
 
 
 @pytest.mark.parametrize(
@@ -643,7 +649,8 @@ def test_check_refuses_items_one_by_one(env):
     links = [encrypt_path("/300/a.mp3", K1), encrypt_path("/400/other.mp3", K1), "garbage", 42, None]
     results = env.post("/v1/links/check", {"links": links}).json()["results"]
     assert results[0]["served"] is True
-    assert [r.get("error", {}).get("status") for r in results[1:]] == [403, 400, 400, 400]
+    assert [r.get("error", {}).get("status") for r in results[1:]] == [400, 400, 400, 400]
+    assert results[1] == results[2]  # outside the prefix is told apart from garbage in no way
 
 
 def test_check_limits(env):
@@ -866,6 +873,7 @@ def test_link_decrypt_shows_what_resolve_shows(root, tmp_path):
         "served": "true",
         "status": "200",
         "reason": "null",
+        "detail": "null",
     }
     revoked.write_text("/300/call.wav\n")
     fields = dict(

@@ -32,10 +32,11 @@ from servers import (
     running_gateway,
 )
 
-from gateway.api import MAX_BATCH, build_api
+from gateway.api.app import build_api
+from gateway.api.models import MAX_BATCH
 from gateway.config import load_settings
-from gateway.signing import LinkSigner
-from gateway.tokens import encrypt_path
+from gateway.links.signing import LinkSigner
+from gateway.links.tokens import encrypt_path
 
 ALL_TOKEN = "e2e-all-" + "x" * 32
 
@@ -410,7 +411,9 @@ def test_resolve_over_http(world):
     )
     assert report["served"] is True
     outside = world.api.post("/v1/links/resolve", {"link": encrypt_path("/400/other.mp3", world.old)}, world.crm_token)
-    assert outside.status == 403
+    garbage = world.api.post("/v1/links/resolve", {"link": "garbage"}, world.crm_token)
+    assert (outside.status, outside.body) == (garbage.status, garbage.body)
+    assert outside.status == 400
     everything = world.api.post("/v1/links/resolve", {"link": encrypt_path("/400/other.mp3", world.old)}, ALL_TOKEN)
     assert everything.status == 200
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.conditions import http_date_seconds, if_range_allows, precondition_status
-from gateway.headers import entity_tag
+from gateway.http.conditions import http_date_seconds, if_range_allows, precondition_status
+from gateway.storage.disk import entity_tag
 
 MTIME = 1_600_000_000  # Sun, 13 Sep 2020 12:26:40 GMT
 SIZE = 12345

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ConfigError, FileStorage, Settings, load_settings
-from gateway.devdefaults import SAMPLE_PATHS
-from gateway.tokens import encrypt_path, parse_key
+from gateway.config.devdefault import SAMPLE_PATHS
+from gateway.links.tokens import encrypt_path, parse_key
 
 K1_HEX = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
 K2_HEX = "603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4"
@@ -58,7 +58,7 @@ def test_environment_only(store):
     assert settings.keys == (K1,)
     assert settings.storages == (FileStorage(root=store.resolve()),)
     assert settings.dev_dir is None
-    assert settings.max_ranges == 16 and settings.chunk_size == 512 * 1024 and settings.access_log is True
+    assert settings.edge.max_ranges == 16 and settings.edge.chunk_size == 512 * 1024 and settings.edge.access_log is True
 
 
 def test_toml_file_values(tmp_path, store):
@@ -82,10 +82,10 @@ access_log = false
     assert settings.storages == (FileStorage(root=store.resolve()),)
     assert settings.public_url == "https://storage.example.com"
     assert [(c.id, c.token_sha256, c.prefix) for c in settings.clients] == [("crm", bytes.fromhex("ab" * 32), "300/")]
-    assert settings.cache_control == "no-store"
-    assert settings.max_ranges == 4
-    assert settings.chunk_size == 65536
-    assert settings.access_log is False
+    assert settings.edge.cache_control == "no-store"
+    assert settings.edge.max_ranges == 4
+    assert settings.edge.chunk_size == 65536
+    assert settings.edge.access_log is False
 
 
 def test_environment_overrides_file(tmp_path, store):
@@ -109,8 +109,8 @@ def test_environment_overrides_file(tmp_path, store):
     assert settings.keys == (K2,)
     assert settings.storages == (FileStorage(root=other.resolve()),)
     assert settings.public_url == "https://b.example"
-    assert settings.max_ranges == 7
-    assert settings.access_log is False
+    assert settings.edge.max_ranges == 7
+    assert settings.edge.access_log is False
 
 
 def test_empty_environment_variable_does_not_override_file(tmp_path, store):
@@ -123,7 +123,7 @@ def test_example_config_has_only_known_settings(store):
     settings = load_settings(example, env(store))
     assert settings.keys == (K1,)
     assert settings.public_url == "https://storage.example.com"
-    assert settings.max_ranges == 16
+    assert settings.edge.max_ranges == 16
 
 
 def test_config_file_from_gateway_config_variable(tmp_path, store):
@@ -331,7 +331,7 @@ def test_bad_settings_are_refused_by_name(store, variable, value):
 )
 def test_numeric_bounds_are_inclusive(store, variable, value):
     settings = load_settings(None, env(store, **{variable: value}))
-    assert getattr(settings, variable.removeprefix("GATEWAY_").lower()) == int(value)
+    assert getattr(settings.edge, variable.removeprefix("GATEWAY_").lower()) == int(value)
 
 
 @pytest.mark.parametrize("line", ["max_ranges = 0", "max_ranges = 5000", "chunk_size = 1"])

@@ -491,7 +491,7 @@ def test_network_policy_keeps_metrics_to_prometheus() -> None:
 
 
 def test_example_secret_is_a_placeholder_the_gateway_refuses() -> None:
-    from gateway.tokens import parse_key
+    from gateway.links.tokens import parse_key
 
     text = (K8S / "secret.example.yaml").read_text(encoding="utf-8")
     assert "storage-gateway keygen" in text

@@ -230,7 +230,7 @@ def test_unreadable_file(gateway: Gateway, hostile: Hostile) -> None:
 def test_garbage_tokens_of_every_length_are_plain_404(gateway: Gateway) -> None:
     watch = LogWatch(gateway)
     rng = secrets.SystemRandom()
-    for length in range(0, 201):
+    for length in range(201):
         token = "".join(rng.choice(URL_SAFE) for _ in range(length))
         reply = request(gateway.base_url, "/" + token)
         assert (length, reply.status) == (length, 404)

@@ -10,7 +10,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from gateway.headers import content_disposition, entity_tag, http_date, media_type
+from gateway.common.media import media_type
+from gateway.http.representation import content_disposition, http_date
+from gateway.storage.disk import entity_tag
 
 # --- Content-Type --------------------------------------------------------------------------
 

@@ -9,8 +9,8 @@ from email import policy
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from gateway.multipart import multipart_plan, new_boundary
-from gateway.ranges import coalesce, content_range
+from gateway.http.multipart import multipart_plan, new_boundary
+from gateway.http.ranges import coalesce, content_range
 
 
 def assemble(data: bytes, parts, closing: bytes) -> bytes:

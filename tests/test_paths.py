@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from gateway.paths import MAX_PATH_BYTES, PathRefused, confine
+from gateway.links.paths import MAX_PATH_BYTES, PathRefused, confine
 
 TRAVERSALS = [
     "..",

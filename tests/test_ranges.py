@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from gateway.ranges import RangeNotSatisfiable, coalesce, content_range, parse_range
+from gateway.http.ranges import RangeNotSatisfiable, coalesce, content_range, parse_range
 
 SIZE = 10
 

@@ -6,14 +6,14 @@ import re
 import subprocess
 from pathlib import Path
 
-from gateway.tokens import decrypt_token, encrypt_path
+from gateway.links.tokens import decrypt_token, encrypt_path
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def _block_after(marker: str) -> str:
     text = README.read_text(encoding="utf-8")
-    match = re.search(re.escape(marker) + r"\s*```sh\n(.*?)```", text, re.S)
+    match = re.search(re.escape(marker) + r"\s*```sh\n(.*?)```", text, re.DOTALL)
     assert match, f"README has no sh block after {marker}"
     return match.group(1)
 

@@ -7,8 +7,8 @@ import os
 import secrets
 from pathlib import Path
 
-from gateway.revocation import Revocations
-from gateway.tokens import encrypt_path
+from gateway.links.revocation import Revocations
+from gateway.links.tokens import encrypt_path
 
 KEY = secrets.token_bytes(32)
 T1 = encrypt_path("/300/a.mp3", KEY)

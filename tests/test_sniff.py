@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.headers import media_type
-from gateway.sniff import (
+from gateway.common.media import media_type
+from gateway.transcode.sniff import (
     AAC,
     AMR,
     AMR_WB,

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.tokens import (
+from gateway.links.tokens import (
     MAX_TOKEN_CHARS,
     MIN_TOKEN_CHARS,
     TokenError,
@@ -79,8 +79,8 @@ PATHS = [
 
 
 def test_reference_paths_have_the_lengths_the_cases_claim():
-    assert len("/300/abcdefg.mp3".encode()) == 16
-    assert len("/300/2017-02-17/abcdefghijkl.mp3".encode()) == 32
+    assert len(b"/300/abcdefg.mp3") == 16
+    assert len(b"/300/2017-02-17/abcdefghijkl.mp3") == 32
     assert len("/300/abcdefghijя.mp3".encode()) == 21
     assert "/300/abcdefghijя.mp3".encode()[15:17] == "я".encode()
 

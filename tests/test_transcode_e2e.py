@@ -47,7 +47,7 @@ from servers import (
     split_base,
 )
 
-from gateway.signing import LinkSigner
+from gateway.links.signing import LinkSigner
 
 SECONDS = 600
 RATE = 8000

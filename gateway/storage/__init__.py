@@ -42,6 +42,7 @@ class StoredFile(Protocol):
 
 class Storage(Protocol):
     label: str  # the `backend` metric label
+    name: str  # what identifies it among storages sharing a rendition cache (a root, a bucket at an endpoint)
     local: bool  # on this replica (a directory) rather than shared by all (a bucket)
     # None: the gateway streams. "redirect": answer 302 to handoff_url().
     # "accel": answer X-Accel-Redirect to handoff_url() and let nginx send the bytes.
@@ -62,10 +63,3 @@ class Storage(Protocol):
     async def ready(self) -> bool: ...
 
     async def aclose(self) -> None: ...
-
-
-# How a storage failure is answered: a gateway timeout when the store was
-# too slow, unavailable when it could not be reached, bad gateway when it
-# answered wrongly.
-FAILURE_STATUS = {"timeout": 504, "connection": 503, "io": 503}
-DEFAULT_FAILURE_STATUS = 502

@@ -21,9 +21,8 @@ from urllib.parse import quote
 
 from aiofiles.os import wrap
 
-from ..headers import entity_tag
+from ..common.caching import LruCache
 from . import NotFound, StorageUnavailable
-from .cache import TimedCache
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
 _MISSING = (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG)
@@ -32,10 +31,15 @@ _NOT_FILES = (errno.ENXIO, errno.ENODEV)
 _close = wrap(os.close)
 
 
+def entity_tag(size: int, mtime: int) -> str:
+    """nginx's strong ETag format, so offloading to nginx keeps validators."""
+    return f'"{mtime:x}-{size:x}"'
+
+
 class DiskFile:
     """An open regular file, or the whole of a small one already in memory."""
 
-    __slots__ = ("size", "mtime", "etag", "whole", "_fd", "_chunk")
+    __slots__ = ("_chunk", "_fd", "etag", "mtime", "size", "whole")
 
     def __init__(self, size: int, mtime: int, fd: int | None, data: bytes | None, chunk: int) -> None:
         self.size = size
@@ -91,6 +95,7 @@ class DiskStorage:
         cache_bytes: int = 0,
         accel_redirect: str | None = None,
     ) -> None:
+        self.name = Path(root).as_uri()
         self.handoff = "accel" if accel_redirect else None
         self._accel_prefix = accel_redirect
         self.root = os.path.realpath(root)
@@ -98,7 +103,9 @@ class DiskStorage:
         self._chunk = chunk
         self._open = wrap(self._open_sync)
         # Like nginx's open_file_cache: small files just read, kept whole for a moment.
-        self._cache: TimedCache[DiskFile] = TimedCache(cache_seconds, cache_bytes, weight=lambda file: file.size)
+        self._cache: LruCache[str, DiskFile] = LruCache(
+            cache_bytes, seconds=cache_seconds, weight=lambda file: file.size
+        )
 
     async def open(self, path: str) -> DiskFile:
         now = asyncio.get_running_loop().time()

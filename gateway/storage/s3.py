@@ -34,10 +34,10 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
-from ..config import S3Client
-from ..config import S3Storage as S3Spec
+from ..common.caching import LruCache
 from . import NotFound, StorageUnavailable
-from .cache import TimedCache
+from .specs import S3Client
+from .specs import S3Storage as S3Spec
 
 _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 # What a broken store raises: botocore's own errors, aiohttp's (a body cut
@@ -63,7 +63,7 @@ def _failure(exc: Exception) -> StorageUnavailable:
 class S3Object:
     """One object version found by HEAD; spans are read with ranged GETs."""
 
-    __slots__ = ("size", "mtime", "etag", "whole", "_storage", "_key")
+    __slots__ = ("_key", "_storage", "etag", "mtime", "size", "whole")
 
     def __init__(self, storage: S3Storage, key: str, size: int, mtime: int, etag: str) -> None:
         self.size = size
@@ -113,6 +113,8 @@ class S3Object:
 
 
 _LOOKUP_POOL = 16  # HEADs are short: a few connections serve many requests
+_READY_SECONDS = 5.0  # a bucket's HEAD for /readyz is remembered this long
+_FOUND_ENTRIES = 10000  # objects whose lookup is remembered (s3.cache_seconds)
 
 
 class S3Storage:
@@ -120,6 +122,7 @@ class S3Storage:
     local = False
 
     def __init__(self, spec: S3Spec, client: S3Client, chunk: int) -> None:
+        self.name = f"{spec.url}@{client.endpoint_url or 'aws'}"
         self.bucket = spec.bucket
         self.prefix = spec.prefix
         self.handoff = "redirect" if spec.redirect else None
@@ -130,7 +133,7 @@ class S3Storage:
         self._deadline = (client.connect_timeout + client.read_timeout) * client.max_attempts
         self._stack = contextlib.AsyncExitStack()
         self._ready: tuple[float, bool] = (0.0, False)
-        self._found: TimedCache[S3Object] = TimedCache(client.cache_seconds, client.cache_entries)
+        self._found: LruCache[str, S3Object] = LruCache(_FOUND_ENTRIES, seconds=client.cache_seconds)
         self.lookups: Any = None  # set by start()
         self.streams: Any = None
 
@@ -203,7 +206,7 @@ class S3Storage:
         """HEAD on the bucket, remembered for a few seconds so probes stay cheap."""
         checked_at, ok = self._ready
         now = time.monotonic()
-        if now - checked_at < self._client_settings.ready_cache_seconds:
+        if now - checked_at < _READY_SECONDS:
             return ok
         try:
             await self.bounded(self.lookups.head_bucket(Bucket=self.bucket))

@@ -44,10 +44,10 @@ import logging
 import os
 import stat
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..common.caching import LruCache
 from ..storage.disk import DiskFile
 
 log = logging.getLogger("gateway.transcode")
@@ -93,41 +93,23 @@ class OpenRenditions:
 
     def __init__(self, chunk: int, seconds: float = 10.0, entries: int = 64) -> None:
         self.chunk = chunk
-        self.seconds = seconds
-        self.entries = entries
-        self._open: OrderedDict[str, tuple[float, Opened]] = OrderedDict()
+        self._open: LruCache[str, Opened] = LruCache(entries, seconds=seconds, on_evict=_close)
 
     def get(self, key: str, etag: str, mtime: int, now: float) -> RenditionFile | None:
         """A file of its own for one response (a duplicated descriptor), or None."""
-        self._expire(now)
-        entry = self._open.get(key)
-        if entry is None:
+        self._open.expire(now)
+        opened = self._open.get(key, now)
+        if opened is None:
             return None
-        self._open.move_to_end(key)
-        opened = entry[1]
         fd = None if opened.fd is None else os.dup(opened.fd)
         return RenditionFile(opened.size, mtime, etag, fd, opened.data, self.chunk)
 
     def put(self, key: str, opened: Opened, now: float) -> None:
         """Keep `opened` (its descriptor is now ours to close)."""
-        previous = self._open.pop(key, None)
-        if previous is not None:
-            _close(previous[1])
-        self._open[key] = (now + self.seconds, opened)
-        while len(self._open) > self.entries:
-            _close(self._open.popitem(last=False)[1][1])
-
-    def _expire(self, now: float) -> None:
-        while self._open:
-            key, (expires, opened) = next(iter(self._open.items()))
-            if expires > now:
-                return
-            del self._open[key]
-            _close(opened)
+        self._open.put(key, opened, now)
 
     def close(self) -> None:
-        while self._open:
-            _close(self._open.popitem()[1][1])
+        self._open.clear()
 
 
 def _close(opened: Opened) -> None:

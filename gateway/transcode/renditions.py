@@ -1,7 +1,8 @@
 """What the edge calls to serve a rendition in place of the original file.
 
-`Renditions.open()` takes the source file already found (any storage: disk
-or S3, through the `StoredFile` interface only) and what the link wants:
+`Renditions.plan()` takes the source file already found (any storage: disk
+or S3, through the `StoredFile` interface only) and what the link wants,
+and decides; `Renditions.open()` then serves what was decided:
 
 1. Probe the source: its head is read through `iter_bytes` and probed with
    PyAV in the probe process; the answer is remembered per source version
@@ -10,6 +11,7 @@ or S3, through the `StoredFile` interface only) and what the link wants:
    holds audio browsers cannot play (and no picture, which a rendition
    would drop); otherwise the original is served. `?format=` and `?peaks=`
    always convert, and a file that holds no decodable audio is `415`.
+   The link admission (and so the link inspector) stops here.
 3. Serve the rendition from the cache, or convert it once: one task per
    rendition in this process, awaited by every request that wants it, and
    a lock per rendition across processes, so twenty players opening the
@@ -34,12 +36,11 @@ import hashlib
 import logging
 import os
 import time
-from collections import OrderedDict
-from collections.abc import Mapping
-from typing import TypeVar
+from dataclasses import dataclass
+from pathlib import Path
 
-from ..config import FileStorage, Settings, StorageSpec, Transcode
-from ..metrics import (
+from ..common.caching import LruCache
+from ..common.metrics import (
     ACTIVE_CONVERSIONS,
     CONVERSION_DURATION,
     CONVERSION_FAILURES,
@@ -53,10 +54,9 @@ from .cache import OpenRenditions, RenditionCache, RenditionFile
 from .growing import follow
 from .pool import ProcessDied, ProcessPool
 from .probe import PROBE_BYTES, Probe, probe
-from .request import INLINE_FORMAT, Refused, Wanted, wanted
+from .spec import INLINE_FORMAT, Refused, Wanted
 
 log = logging.getLogger("gateway.transcode")
-V = TypeVar("V")
 
 RETRY_AFTER = 5  # seconds, with 503 when conversions are at their limit
 KEY_WAIT_SECONDS = 600.0  # longest wait for another process converting the same rendition
@@ -66,33 +66,51 @@ STREAMED = INLINE_FORMAT  # the rendition whose size is known before it is made 
 _ORIGINAL_STILL_THERE = "the original is still available without format or peaks"
 
 
-def source_name(spec: StorageSpec, settings: Settings) -> str:
-    """What identifies a storage in rendition cache keys (two gateways may share a cache directory)."""
-    if isinstance(spec, FileStorage):
-        return spec.root.as_uri()
-    return f"s3://{spec.bucket}/{spec.prefix}@{settings.s3.endpoint_url or 'aws'}"
-
-
 def derived_etag(source_etag: str, variant: str) -> str:
     opaque = source_etag.removeprefix("W/").strip('"')
     return f'"{opaque}-{variant}"'
 
 
+@dataclass(frozen=True, slots=True)
+class Rendition:
+    """A rendition decided on: its cache key, its ETag, and what it is."""
+
+    key: str
+    etag: str
+    wants: Wanted
+
+
 class Renditions:
-    def __init__(self, settings: Transcode, chunk_size: int) -> None:
-        self.settings = settings
+    """Probing and deciding (every process that admits links), converting and serving (the edge)."""
+
+    def __init__(
+        self,
+        *,
+        cache_dir: Path,
+        cache_bytes: int,
+        max_conversions: int,
+        max_cpu_seconds: float,
+        inline: bool,
+        chunk_size: int,
+        converting: bool = True,
+    ) -> None:
+        self.inline = inline  # inline links to audio browsers cannot play get the PCM WAV rendition
+        self.max_cpu_seconds = max_cpu_seconds
+        self.converting = converting
         self.chunk = chunk_size
-        self.cache = RenditionCache(settings.cache_dir, settings.cache_bytes, settings.max_conversions, chunk_size)
-        self.converter = ProcessPool("conversion", settings.max_conversions, idle=True)
+        self.cache = RenditionCache(cache_dir, cache_bytes, max_conversions, chunk_size)
+        self.converter = ProcessPool("conversion", max_conversions, idle=True)
         self.prober = ProcessPool("probe", 1, idle=False)
         self.open_files = OpenRenditions(chunk_size)
-        self._probes: OrderedDict[str, Probe] = OrderedDict()
-        self._unconvertible: OrderedDict[str, tuple[str, str]] = OrderedDict()  # key -> (reason, problem)
+        self._probes: LruCache[str, Probe] = LruCache(REMEMBERED)
+        self._unconvertible: LruCache[str, tuple[str, str]] = LruCache(REMEMBERED)  # key -> (reason, problem)
         self._running: dict[str, asyncio.Future[None]] = {}
 
     async def start(self) -> None:
+        if not self.converting:
+            return  # probing only: its process starts with the first probe
         await asyncio.to_thread(self.cache.prepare)
-        if self.settings.inline:
+        if self.inline:
             # Inline renditions are what a click waits for: start the processes
             # now rather than with the first one (most of a second).
             self.prober.start()
@@ -104,15 +122,11 @@ class Renditions:
         self.open_files.close()
         self.cache.close()
 
-    def wanted(self, params: Mapping[str, str], inline: bool) -> Wanted | None:
-        """What the query asks to convert (None: the original); Refused(400) for values not served."""
-        return wanted(params, inline, self.settings.inline)
+    async def plan(self, file: StoredFile, source: str, path: str, wants: Wanted) -> Rendition | None:
+        """The rendition of `file` (`path` in the storage named `source`) to serve, or None for the original.
 
-    async def open(self, file: StoredFile, source: str, path: str, wants: Wanted) -> RenditionFile | None:
-        """The rendition of `file` (`path` in storage `source`), or None to serve the original.
-
-        Raises Refused (415: no decodable audio; 503: conversions at their
-        limit) and StorageUnavailable (the source could not be read).
+        Raises Refused (415: no decodable audio) and StorageUnavailable (the
+        source's head could not be read).
         """
         found = await self._probe(file, f"{source}\0{path}\0{file.etag}")
         if not wants.explicit:
@@ -124,14 +138,17 @@ class Renditions:
         known = self._unconvertible.get(key)
         if known is not None:
             raise _unconvertible(wants, *known)
-        return await self._rendition(key, derived_etag(file.etag, wants.variant), file, wants)
+        return Rendition(key, derived_etag(file.etag, wants.variant), wants)
+
+    async def open(self, file: StoredFile, rendition: Rendition) -> RenditionFile:
+        """The rendition, from the cache or made now (Refused 503 when conversions are at their limit)."""
+        return await self._rendition(rendition.key, rendition.etag, file, rendition.wants)
 
     # -- probing ---------------------------------------------------------------
 
     async def _probe(self, file: StoredFile, version: str) -> Probe:
         found = self._probes.get(version)
         if found is not None:
-            self._probes.move_to_end(version)
             return found
         if file.whole is not None:
             head = file.whole[:PROBE_BYTES]
@@ -147,7 +164,7 @@ class Renditions:
         except ProcessDied as exc:  # remembered: the file is not tried again in this worker
             log.error("probing the file with etag %s failed: %s", file.etag, exc)
             found = Probe(None, None, False, "not a recording the gateway can read (probing it failed)", True)
-        _remember(self._probes, version, found)
+        self._probes.put(version, found)
         return found
 
     # -- the cache, single flight ----------------------------------------------
@@ -217,7 +234,7 @@ class Renditions:
                     self.cache.output_path(key),
                     wants.kind,
                     wants.pixels,
-                    self.settings.max_cpu_seconds,
+                    self.max_cpu_seconds,
                 )
                 await loop.run_in_executor(None, self.cache.store, key)
                 elapsed = time.perf_counter() - started
@@ -225,11 +242,12 @@ class Renditions:
                 child(CONVERSIONS, rendered.codec, wants.kind).inc()
                 child(CONVERSION_DURATION, wants.kind).observe(elapsed)
             except Undecodable as exc:  # remembered: converting it again would fail the same way
-                _remember(self._unconvertible, key, ("undecodable", str(exc)))
+                self._unconvertible.put(key, ("undecodable", str(exc)))
                 raise _unconvertible(wants, "undecodable", str(exc)) from None
             except TooLong as exc:  # remembered too: it would only run out of time again
-                _remember(self._unconvertible, key, ("too_long", f"the recording cannot be converted: {exc}"))
-                raise _unconvertible(wants, *self._unconvertible[key]) from None
+                known = ("too_long", f"the recording cannot be converted: {exc}")
+                self._unconvertible.put(key, known)
+                raise _unconvertible(wants, *known) from None
             except ProcessDied:  # not remembered: the OOM killer may have been the cause
                 raise _unconvertible(wants, "crashed", "the recording could not be converted") from None
             except OSError as exc:  # the cache directory full or unwritable: this host's problem, for now
@@ -262,13 +280,6 @@ def _unconvertible(wants: Wanted, reason: str, problem: str) -> Refused:
     """415: `reason` is the metric's and the access log's label, `problem` what the client reads."""
     child(CONVERSION_FAILURES, wants.kind, reason).inc()
     return Refused(415, reason, f"{problem}; {_ORIGINAL_STILL_THERE}")
-
-
-def _remember(table: OrderedDict[str, V], key: str, value: V) -> None:
-    table[key] = value
-    table.move_to_end(key)
-    while len(table) > REMEMBERED:
-        table.popitem(last=False)
 
 
 def _create(path: str) -> int:

@@ -40,11 +40,12 @@ import atheris
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 with atheris.instrument_imports():
-    from gateway.conditions import if_range_allows, precondition_status
-    from gateway.headers import content_disposition, entity_tag
-    from gateway.paths import PathRefused, confine
-    from gateway.ranges import RangeNotSatisfiable, parse_range
-    from gateway.tokens import TokenError, decrypt_token, encrypt_path
+    from gateway.http.conditions import if_range_allows, precondition_status
+    from gateway.http.ranges import RangeNotSatisfiable, parse_range
+    from gateway.http.representation import content_disposition
+    from gateway.links.paths import PathRefused, confine
+    from gateway.links.tokens import TokenError, decrypt_token, encrypt_path
+    from gateway.storage.disk import entity_tag
 
 KEYS = (bytes(range(32)), bytes(range(32, 64)))
 ROOT = "/srv/recordings"

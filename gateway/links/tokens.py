@@ -11,6 +11,7 @@ import base64
 import binascii
 import re
 from collections.abc import Sequence
+from urllib.parse import parse_qsl, urlsplit
 
 from Crypto.Cipher import AES
 
@@ -98,3 +99,17 @@ def decrypt_token(token: str, keys: Sequence[bytes]) -> list[tuple[int, str]]:
     if not found:
         raise TokenError("decrypt", "no key decrypts the token to UTF-8")
     return found
+
+
+def split_link(link: str) -> tuple[str, dict[str, str]]:
+    """The token and the query parameters (last value wins, as at the edge) of a link.
+
+    A link is a whole URL, a target (`/TOKEN?…`) or a bare token; a
+    `#fragment` is never part of it.
+    """
+    text = link.strip().partition("#")[0]
+    base, _, query = text.partition("?")
+    if "://" in base:
+        base = urlsplit(base).path
+    token = base.rstrip("/").rpartition("/")[2]
+    return token, dict(parse_qsl(query, keep_blank_values=True))

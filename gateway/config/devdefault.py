@@ -13,7 +13,7 @@ import struct
 import wave
 from pathlib import Path
 
-from .tokens import KEY_BYTES, parse_key
+from ..links.tokens import KEY_BYTES, parse_key
 
 SAMPLE_PATHS = ("/300/2017-02-17-11-05-04_in_300_sample.wav", "/300/звонок-клиента.wav")
 _RATE = 8000

@@ -1,32 +1,14 @@
-"""What both apps (edge and link API) do at start and stop, and draining."""
+"""Draining: noticing SIGTERM at once, so readiness turns 503 while downloads finish."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from .revocation import Revocations
-from .storage import Storage
-
 log = logging.getLogger("gateway")
-
-
-@contextlib.asynccontextmanager
-async def serving(storages: Sequence[Storage], revocations: Revocations) -> AsyncIterator[contextlib.AsyncExitStack]:
-    """Storages started (closed on exit), the revocation list loaded and watched."""
-    async with contextlib.AsyncExitStack() as stack:
-        for storage in storages:
-            await storage.start()
-            stack.push_async_callback(storage.aclose)
-        await revocations.load()
-        watcher = asyncio.create_task(revocations.watch())
-        stack.callback(watcher.cancel)
-        yield stack
 
 
 class Drain:

@@ -26,7 +26,8 @@ from prometheus_client import (
     start_http_server,
 )
 
-from .config import MULTIPROC_ENV
+# prometheus-client's multiprocess directory: set by `serve` for its workers, before this import.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 REQUESTS = Counter(
     "gateway_requests_total",

@@ -1,0 +1,269 @@
+"""The public edge: `GET`/`HEAD /<token>` plus health endpoints.
+
+The file route is a plain ASGI callable rather than a Starlette endpoint:
+it is the hot path, and at thousands of requests a second a framework
+object per request and headers rebuilt each time are a visible share of the
+time. Everything that does not need to be fast (health, readiness, lifespan)
+is an ordinary Starlette app behind it (`control`).
+
+A request goes: the link admission decides (`links.admission`: one place,
+the one the link inspector reports from), then the answer is planned
+(`http.plan`, pure) and sent (`http.send`), from the file, from a
+rendition, or handed off to S3 or nginx.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Mapping
+from functools import lru_cache
+
+from starlette.applications import Starlette
+
+from ..common.media import media_type
+from ..common.metrics import (
+    ACTIVE_STREAMS,
+    DURATION,
+    REJECTED,
+    REQUESTS,
+    RESPONSE_BYTES,
+    STORAGE_ERRORS,
+    child,
+    worker_exiting,
+)
+from ..config import Settings, load_settings
+from ..http.asgi import Message, Receive, Scope, Send
+from ..http.forwarded import client_address, parse_networks
+from ..http.plan import Representation, plan, representation
+from ..http.query import query_params
+from ..http.replies import METHOD_NOT_ALLOWED, NOSNIFF, explained, fixed, send_reply
+from ..http.representation import content_disposition
+from ..http.send import IncompleteBody, send_plan, streams
+from ..links.admission import Admitted
+from ..links.decision import Refusal, storage_failure
+from ..services import Services, build_services
+from ..storage import StorageUnavailable, StoredFile
+from ..transcode.spec import Refused
+from .accesslog import write as write_access
+from .control import control_app
+from .drain import Drain
+
+log = logging.getLogger("gateway.edge")
+METRICS_PORT_ENV = "GATEWAY_METRICS_PORT"
+RENDITION_BACKEND = "rendition"  # the `backend` of bytes sent from the rendition cache
+
+
+class Exchange:
+    """What one edge request did, for its metrics and its access-log line."""
+
+    __slots__ = ("backend", "began", "bytes", "detail", "method", "reason", "started", "status")
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.status = 500  # what uvicorn answers if we fail before starting a response
+        self.started = False  # the response's headers are out
+        self.bytes = 0
+        self.backend = "none"
+        self.reason = ""
+        self.detail = ""
+        self.began = time.perf_counter()
+
+
+class Edge:
+    """ASGI entry: the token route, with the control app behind it."""
+
+    def __init__(self, services: Services, serve_metrics: bool = True) -> None:
+        self.services = services
+        settings = services.settings
+        self.edge = settings.edge
+        self.admission = services.admission
+        self.renditions = services.renditions
+        self.representation = lru_cache(maxsize=4096)(self._representation)
+        self.trusted_proxies = parse_networks(settings.edge.trusted_proxies)
+        self.drain = Drain()
+        self.control = control_app(services.storages, self.drain, self._lifespan, serve_metrics)
+        self._control_paths = {route.path for route in self.control.routes}  # type: ignore[attr-defined]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in self._control_paths:
+            await self.serve_measured(scope, receive, send)
+        else:
+            await self.control(scope, receive, send)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        async with self.services.running() as stack:
+            stack.callback(worker_exiting)
+            self.drain.watch_signals()
+            yield
+
+    def _representation(self, path: str, name: str, etag: str, mtime: int, inline: bool) -> Representation:
+        """Headers for one version of a file as one link presents it (`name`, `inline`)."""
+        disposition = (b"content-disposition", content_disposition(name, inline).encode())
+        return representation(media_type(path), etag, mtime, self.edge.cache_control, disposition)
+
+    # -- measuring -----------------------------------------------------------
+
+    async def serve_measured(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """serve(), counted for the metrics and written to the access log."""
+        exchange = Exchange(scope["method"] if scope["method"] in ("GET", "HEAD") else "OTHER")
+        head = scope["method"] == "HEAD"  # uvicorn sends no body for HEAD, whatever we pass it
+
+        async def measured_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                exchange.status = message["status"]
+                exchange.started = True
+            elif not head:
+                exchange.bytes += len(message.get("body", b""))
+            await send(message)
+
+        headers = dict(scope["headers"])
+        try:
+            await self.serve(scope, headers, receive, measured_send, exchange)
+        finally:
+            duration = time.perf_counter() - exchange.began
+            child(REQUESTS, exchange.method, str(exchange.status)).inc()
+            child(DURATION, exchange.method).observe(duration)
+            if exchange.bytes:
+                child(RESPONSE_BYTES, exchange.backend).inc(exchange.bytes)
+            if self.edge.access_log:
+                self._log_access(scope, headers, exchange, duration)
+
+    def _log_access(self, scope: Scope, headers: Mapping[bytes, bytes], exchange: Exchange, duration: float) -> None:
+        client = scope.get("client")
+        fields: dict[str, object] = {
+            "method": scope["method"],
+            "status": exchange.status,
+            "bytes": exchange.bytes,
+            "duration": round(duration, 6),
+            "backend": exchange.backend,
+            "token": scope["path"][1:9],
+            "client": client_address(client and client[0], headers.get(b"x-forwarded-for"), self.trusted_proxies),
+        }
+        if exchange.reason:
+            fields["reason"] = exchange.reason
+            fields["detail"] = exchange.detail
+        if b"range" in headers:
+            fields["range"] = headers[b"range"].decode("latin-1")[:100]
+        if b"user-agent" in headers:
+            fields["user_agent"] = headers[b"user-agent"].decode("latin-1")[:200]
+        write_access(fields)
+
+    # -- the file route -------------------------------------------------------
+
+    async def serve(
+        self, scope: Scope, headers: Mapping[bytes, bytes], receive: Receive, send: Send, exchange: Exchange
+    ) -> None:
+        method = scope["method"]
+        if method != "GET" and method != "HEAD":
+            await send_reply(send, METHOD_NOT_ALLOWED)
+            return
+        token = scope["path"][1:]
+        decision = await self.admission.admit(token, query_params(scope["query_string"]))
+        if isinstance(decision, Refusal):
+            await _refuse(send, exchange, decision)
+            return
+        exchange.backend = decision.storage.label
+        file = decision.file
+        try:
+            if decision.rendition is not None:
+                await self._send_rendition(scope, headers, receive, send, exchange, decision)
+            elif decision.handoff is not None:
+                await self._handoff(send, decision)
+            else:
+                rep = self.representation(decision.path, decision.name, file.etag, file.mtime, decision.view.inline)
+                await self._send(scope, headers, receive, send, file, rep)
+        except Refused as exc:  # a conversion refused (503 at the limit, 415 when it fails)
+            exchange.reason, exchange.detail = exc.reason, exc.message
+            await send_reply(send, explained(exc.status, exc.message, exc.retry_after))
+        except (StorageUnavailable, IncompleteBody) as exc:  # `backend`: the storage, or "rendition"
+            kind = exc.kind if isinstance(exc, StorageUnavailable) else "truncated"
+            log.error("storage %s failed while streaming token=%s kind=%s: %s", exchange.backend, token[:8], kind, exc)
+            child(STORAGE_ERRORS, exchange.backend, kind).inc()
+            exchange.reason, exchange.detail = "storage", kind
+            if not exchange.started:
+                await _refuse(send, exchange, storage_failure(kind))
+            # else the headers are out: returning without finishing makes uvicorn abort the connection
+        finally:
+            await file.close()
+
+    async def _send_rendition(
+        self, scope: Scope, headers: Mapping[bytes, bytes], receive: Receive, send: Send, exchange: Exchange,
+        decision: Admitted,
+    ) -> None:  # fmt: skip
+        """A rendition is always sent by the gateway itself: neither S3 nor nginx holds it."""
+        assert decision.rendition is not None
+        wants = decision.rendition.wants
+        rendition = await self.renditions.open(decision.file, decision.rendition)
+        exchange.backend = RENDITION_BACKEND
+        try:
+            rep = self.representation(
+                wants.rename(decision.path), wants.rename(decision.name), rendition.etag, rendition.mtime,
+                decision.view.inline,
+            )  # fmt: skip
+            await self._send(scope, headers, receive, send, rendition, rep)
+        finally:
+            await rendition.close()
+
+    async def _send(
+        self, scope: Scope, headers: Mapping[bytes, bytes], receive: Receive, send: Send, file: StoredFile,
+        rep: Representation,
+    ) -> None:  # fmt: skip
+        answer = plan(scope["method"], headers, rep, file.size, self.edge.max_ranges)
+        chunk = self.edge.chunk_size
+        if not streams(answer, file, chunk):
+            await send_plan(answer, file, chunk, receive, send)
+            return
+        ACTIVE_STREAMS.inc()
+        try:
+            await send_plan(answer, file, chunk, receive, send)
+        finally:
+            ACTIVE_STREAMS.dec()
+
+    async def _handoff(self, send: Send, decision: Admitted) -> None:
+        """Let another server send the bytes, with the name and type we decided.
+
+        S3 gets a 302 to a presigned URL that makes it answer with our
+        Content-Type and Content-Disposition. nginx gets X-Accel-Redirect to
+        an internal location, plus the headers it passes on from us; it then
+        serves the file with sendfile, ranges and validators included.
+        """
+        content_type = media_type(decision.path)
+        disposition = content_disposition(decision.name, decision.view.inline)
+        url = await decision.storage.handoff_url(decision.path, content_type, disposition)
+        if decision.handoff == "redirect":
+            headers = [(b"location", url.encode("latin-1")), (b"cache-control", b"no-store")]
+        else:
+            headers = [
+                (b"x-accel-redirect", url.encode("latin-1")),
+                (b"content-type", content_type.encode()),
+                (b"content-disposition", disposition.encode()),
+                (b"cache-control", self.edge.cache_control.encode()),
+            ]
+        headers += [(b"content-length", b"0"), NOSNIFF]
+        await send({"type": "http.response.start", "status": decision.status, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+
+async def _refuse(send: Send, exchange: Exchange, refusal: Refusal) -> None:
+    """Refuse: the reason goes to the log (token cut to 8) and the metric, never to the client."""
+    if refusal.of_link:
+        child(REJECTED, refusal.reason).inc()
+    exchange.reason, exchange.detail = refusal.reason, refusal.detail
+    if refusal.message is not None:
+        await send_reply(send, explained(refusal.status, refusal.message, refusal.retry_after))
+    else:
+        await send_reply(send, fixed(refusal.status))
+
+
+def create_app(settings: Settings | None = None) -> Edge:
+    """The uvicorn factory: each worker validates and builds its own app.
+
+    With GATEWAY_METRICS_PORT set (by `serve --metrics-port`), /metrics is
+    served on that port only, so the public port never exposes it.
+    """
+    services = build_services(settings or load_settings())
+    return Edge(services, serve_metrics=not os.environ.get(METRICS_PORT_ENV))
