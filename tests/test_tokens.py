@@ -357,3 +357,38 @@ def test_encrypt_agrees_with_openssl_for_any_text(path):
     token = encrypt_path(path, KEY2)
     assert token == openssl_token(path, KEY2)
     assert openssl_path(token, KEY2) == path
+
+
+# --- one spelling per token ---------------------------------------------------------------------
+
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def spellings(token: str) -> list[str]:
+    """Every token whose base64 decodes to the same bytes: the last character's unused low bits varied."""
+    unused = {2: 4, 3: 2}.get(len(token.rstrip("=")) % 4, 0)  # characters in the last group -> unused bits
+    last = _ALPHABET.index(token[-1])
+    return [token[:-1] + _ALPHABET[(last & ~((1 << unused) - 1)) | low] for low in range(1 << unused)]
+
+
+@pytest.mark.parametrize(("path", "aliases"), [("/300/abcdefg.mp3", 16), ("/300/2017-02-17/abcdefghijkl.mp3", 4)])
+def test_only_the_canonical_spelling_of_a_token_decodes(path, aliases):
+    token = encrypt_path(path, KEY)
+    every = spellings(token)
+    assert len(every) == aliases and token in every
+    assert len({base64.urlsafe_b64decode(t + "=" * (-len(t) % 4)) for t in every}) == 1  # they all decode alike
+    for alias in every:
+        if alias == token:
+            assert decrypt_token(alias, [KEY]) == [(0, path)]
+            assert decrypt_token(alias + "=" * (-len(alias) % 4), [KEY]) == [(0, path)]
+        else:
+            with pytest.raises(TokenError) as refused:
+                decrypt_token(alias, [KEY])
+            assert refused.value.reason == "decode"
+
+
+def test_a_padded_token_needs_exactly_its_padding():
+    token = encrypt_path("/300/abcdefg.mp3", KEY)  # 16 bytes: "==" when padded
+    assert decrypt_token(token + "==", [KEY]) == [(0, "/300/abcdefg.mp3")]
+    with pytest.raises(TokenError):
+        decrypt_token(token + "=", [KEY])

@@ -68,7 +68,14 @@ def encrypt_path(path: str, key: bytes) -> str:
 
 
 def token_bytes(token: str) -> bytes:
-    """Base64-decode a token (padding optional), refusing anything malformed."""
+    """Base64-decode a token (padding optional), refusing anything malformed or non-canonical.
+
+    Base64 leaves the low bits of the last character unused (2 or 4 bits for
+    tokens of 16n+1 or 16n+2 bytes mod 3), so one token has several
+    spellings that decode alike; only the one every encoder writes (openssl,
+    PHP, Node, Java, Python: unused bits zero) is a token, so that a revoked
+    link cannot come back under another spelling.
+    """
     if not MIN_TOKEN_CHARS <= len(token) <= MAX_TOKEN_CHARS or not _TOKEN_RE.fullmatch(token):
         raise TokenError("decode", "not a token")
     body = token.rstrip("=")
@@ -78,6 +85,9 @@ def token_bytes(token: str) -> bytes:
         raise TokenError("decode", "bad base64") from None
     if not raw or len(raw) % BLOCK:
         raise TokenError("decode", f"{len(raw)} bytes is not a whole number of AES blocks")
+    canonical = base64.urlsafe_b64encode(raw).decode("ascii")
+    if token != canonical and token != canonical.rstrip("="):
+        raise TokenError("decode", "not the canonical base64 spelling of its bytes")
     return raw
 
 
