@@ -67,6 +67,8 @@ RENDITION_FAMILIES = {
     "gateway_conversions_refused_total": "counter",
     "gateway_conversion_failures_total": "counter",
     "gateway_active_conversions": "gauge",
+    # and the revocation list's own (README, "Revocation"; issue #12)
+    "gateway_revocation_entries": "gauge",
 }
 RENDITION_LABELS = {
     "gateway_conversions": {"codec", "format"},
@@ -75,6 +77,7 @@ RENDITION_LABELS = {
     "gateway_conversions_refused": {"format"},
     "gateway_conversion_failures": {"format", "reason"},
     "gateway_active_conversions": {"format"},
+    "gateway_revocation_entries": {"kind"},
 }
 
 

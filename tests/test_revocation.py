@@ -7,6 +7,8 @@ import os
 import secrets
 from pathlib import Path
 
+import pytest
+
 from gateway.links.revocation import Revocations
 from gateway.links.tokens import encrypt_path
 
@@ -85,8 +87,10 @@ def test_comments_blank_lines_and_whitespace():
 """
     )
     assert revocations.tokens == {T1}
-    assert revocations.files == {"400/b.mp3"}
+    # A comment after a path could be part of the name: both readings are revoked, and it is reported.
+    assert revocations.files == {"400/b.mp3", "400/b.mp3 # customer request"}
     assert revocations.prefixes == ("500/",)
+    assert revocations.reported["ambiguous"] == 1 and revocations.reported["ignored"] == 0
 
 
 def test_entries_outside_the_root_are_ignored_not_fatal():
@@ -219,3 +223,60 @@ def test_hash_inside_a_name_is_not_a_comment():
 def test_a_relative_or_bare_link_with_a_query_revokes_its_token():
     for entry in (f"{T1}?exp=1&sig=abc", f"/{T1}?exp=1&sig=abc"):
         assert parsed(entry + "\n").revoked(T1, "300/a.mp3"), entry
+
+
+def test_a_question_mark_is_part_of_a_name():
+    revocations = parsed("/odd/a?b.mp3\n/odd/x?y=1&z\n")
+    assert revocations.files == {"odd/a?b.mp3", "odd/x?y=1&z"}
+    assert revocations.tokens == frozenset()
+    assert revocations.reported == {"link": 0, "file": 2, "prefix": 0, "ignored": 0, "ambiguous": 0}
+
+
+def test_a_name_with_a_blank_hash_is_revoked_under_both_readings_and_reported(caplog):
+    revocations = parsed("/odd/a #b.mp3\n")
+    assert revocations.revoked("x" * 22, "odd/a #b.mp3")
+    assert revocations.revoked("x" * 22, "odd/a")  # the other reading: the safe side
+    assert revocations.reported["ambiguous"] == 1
+    assert any("line 1 is ambiguous" in record.getMessage() for record in caplog.records)
+
+
+def test_trailing_blanks_are_revoked_under_both_readings_and_reported():
+    revocations = parsed("/odd/ends-with-space.mp3 \n")
+    assert revocations.files == {"odd/ends-with-space.mp3 ", "odd/ends-with-space.mp3"}
+    assert revocations.reported["ambiguous"] == 1
+
+
+def test_a_json_string_names_a_path_exactly():
+    revocations = parsed('"/odd/ends-with-space.mp3 "\n"/odd/a #b.mp3"  # quoted, so this is a comment\n"/dir/"\n')
+    assert revocations.files == {"odd/ends-with-space.mp3 ", "odd/a #b.mp3"}
+    assert revocations.prefixes == ("dir/",)
+    assert revocations.reported["ambiguous"] == 0 and revocations.reported["ignored"] == 0
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "not a token at all",
+        "x" * 30,  # base64 characters, but not whole AES blocks
+        f"{T1} trailing words",
+        '"/odd/unterminated',
+        '"relative/path.mp3"',
+        '["/a.mp3"]',
+        '"/../etc/passwd"',
+        "/../etc/passwd",
+        "https://storage.example.com/not-a-token?sig=1",
+    ],
+)
+def test_every_line_that_revokes_nothing_is_reported(line, caplog):
+    revocations = parsed(line + "\n")
+    assert (revocations.tokens, revocations.files, revocations.prefixes) == (frozenset(), frozenset(), ())
+    assert revocations.reported["ignored"] == 1
+    assert any("line 1 ignored" in record.getMessage() for record in caplog.records)
+
+
+def test_a_non_canonical_spelling_of_a_token_is_not_taken_for_it():
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    alias = T16[:-1] + alphabet[alphabet.index(T16[-1]) ^ 1]  # a bit base64 leaves unused
+    revocations = parsed(alias + "\n")
+    assert not revocations.revoked(T16, "pad16/abcde.mp3")
+    assert revocations.reported["ignored"] == 1

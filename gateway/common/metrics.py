@@ -64,6 +64,14 @@ STORAGE_ERRORS = Counter(
     ["backend", "kind"],
 )
 
+REVOCATION_ENTRIES = Gauge(
+    "gateway_revocation_entries",
+    "Entries of the revocation list as last loaded, by kind: link, file, prefix; and lines reported: ignored "
+    "(not usable) or ambiguous (both readings revoked).",
+    ["kind"],
+    multiprocess_mode="livemax",
+)
+
 # Renditions (gateway.transcode). `format` is wav, mp3, opus or peaks; `codec`
 # is FFmpeg's name for the source's audio (gsm_ms, adpcm_g726, pcm_mulaw, …).
 CONVERSIONS = Counter(

@@ -1,9 +1,21 @@
 """The revocation list: links and path prefixes that must no longer be served.
 
-A plain text file, one entry per line, `#` for comments:
-- a token or a whole link URL revokes that link (signed or not);
-- a path (`/300/x.mp3`) revokes every link to that file;
-- a path ending in `/` (`/300/`) revokes every link below it.
+A plain text file, one entry per line:
+- a line whose first non-blank character is `#` is a comment;
+- a path (`/300/x.mp3`) revokes every link to that file, a path ending in
+  `/` (`/300/`) every link below it; `?` and `#` are part of a name;
+- a path written as a JSON string (`"/300/a #b.mp3 "`) names the file
+  exactly, whatever characters it holds (spaces at its end, ` #`);
+- anything else is a link: a whole URL, a target (`/TOKEN?…`) or a bare
+  token, revoking that link (signed or not); what follows it after a blank
+  is a comment.
+
+Every line revokes what it names or is reported when the list is loaded
+(a warning naming the line, and `gateway_revocation_entries{kind}`), never
+silently ignored. A plain path line that holds ` #` or ends in blanks can
+be read two ways (a comment, or spaces that are part of the name): both
+readings are revoked, and the line is reported as ambiguous. Revoking too
+much is the safe side; the JSON form says exactly which.
 
 The edge re-reads the file when it changes (checked about once a second,
 off the event loop), so revoking needs no restart; in a multi-replica
@@ -14,26 +26,102 @@ volume).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aiofiles
 from aiofiles import os as aios
 
+from ..common.metrics import REVOCATION_ENTRIES, child
 from .paths import PathRefused, confine
+from .tokens import TokenError, split_link, token_bytes
 
 log = logging.getLogger("gateway.revocation")
 
+_INLINE_COMMENT = re.compile(r"\s#")
+_BLANKS = " \t"
+KINDS = ("link", "file", "prefix", "ignored", "ambiguous")
 
-_COMMENT = re.compile(r"(?:^|\s)#")
+
+@dataclass
+class _Entries:
+    tokens: set[str] = field(default_factory=set)
+    files: set[str] = field(default_factory=set)
+    prefixes: list[str] = field(default_factory=list)
+    ignored: int = 0
+    ambiguous: int = 0
+
+    def paths(self, number: int, *names: str) -> None:
+        """Revoke each file or prefix `names` reads as (written with a leading `/`) that confinement allows."""
+        allowed: dict[str, str] = {}
+        problem = ""
+        for name in dict.fromkeys(names):
+            try:
+                allowed[name] = confine(name)
+            except PathRefused as exc:
+                problem = str(exc)
+        if not allowed:
+            return self.ignore(number, problem)
+        if len(allowed) > 1:
+            log.warning(
+                "revocation list line %d is ambiguous (' #' may start a comment, blanks may end the name): "
+                "both readings are revoked; write the name as a JSON string to say which",
+                number,
+            )
+            self.ambiguous += 1
+        for name, confined in allowed.items():
+            if name.endswith("/"):
+                self.prefixes.append(confined + "/")
+            else:
+                self.files.add(confined)
+
+    def ignore(self, number: int, why: str) -> None:
+        log.warning("revocation list line %d ignored: %s", number, why)
+        self.ignored += 1
 
 
-def _token_of(entry: str) -> str:
-    """The token of a link given whole (URL), relative (`/TOKEN?…`) or bare."""
-    entry = urlsplit(entry).path if "://" in entry else entry.partition("?")[0]
-    return entry.rstrip("/").rpartition("/")[2].rstrip("=")
+def _token_of(entry: str) -> str | None:
+    """The canonical token of a link (URL, `/TOKEN?…` or bare), padding dropped; None if it is none."""
+    token = split_link(entry)[0]
+    try:
+        token_bytes(token)
+    except TokenError:
+        return None
+    return token.rstrip("=")
+
+
+def _parse_line(entries: _Entries, number: int, raw: str) -> None:
+    line = raw.lstrip(_BLANKS)
+    if not line.rstrip() or line.startswith("#"):
+        return
+    if line.startswith('"'):
+        try:
+            name, end = json.JSONDecoder().raw_decode(line)
+        except json.JSONDecodeError as exc:
+            return entries.ignore(number, f"not a JSON string ({exc.msg})")
+        rest = line[end:].strip(_BLANKS)
+        if not isinstance(name, str) or not name.startswith("/") or (rest and not rest.startswith("#")):
+            return entries.ignore(number, "a quoted entry is one JSON string naming a path that starts with /")
+        return entries.paths(number, name)
+    if line.startswith("/") and "/" not in line.split("?", 1)[0][1:]:
+        token = _token_of(line.split(None, 1)[0])
+        if token is not None:  # a target, /TOKEN?…: a link
+            entries.tokens.add(token)
+            return
+    if line.startswith("/"):
+        # The whole line, and the line cut at a blank before `#` with its blanks dropped.
+        return entries.paths(number, line, _INLINE_COMMENT.split(line, maxsplit=1)[0].rstrip(_BLANKS))
+    word = line.split(None, 1)[0]
+    rest = line[len(word) :].strip()
+    token = _token_of(word)
+    if token is None:
+        return entries.ignore(number, "neither a path (starting with /) nor a link this gateway opens")
+    if rest and not rest.startswith("#"):
+        return entries.ignore(number, "text after the link that is not a comment")
+    entries.tokens.add(token)
 
 
 class Revocations:
@@ -44,28 +132,24 @@ class Revocations:
         self.tokens: frozenset[str] = frozenset()
         self.files: frozenset[str] = frozenset()
         self.prefixes: tuple[str, ...] = ()
+        self.reported: dict[str, int] = dict.fromkeys(KINDS, 0)
         self._seen: tuple[int, int, int] | None = None
 
     def parse(self, text: str) -> None:
-        tokens, files, prefixes = set(), set(), []
+        entries = _Entries()
         for number, raw in enumerate(text.splitlines(), 1):
-            # `#` starts a comment only at the start or after a space: names may contain it.
-            entry = _COMMENT.split(raw, maxsplit=1)[0].strip()
-            if not entry:
-                continue
-            if entry.startswith("/") and "://" not in entry and "?" not in entry:
-                try:
-                    confined = confine(entry)
-                except PathRefused as exc:
-                    log.warning("revocation list line %d ignored: %s", number, exc)
-                    continue
-                if entry.endswith("/"):
-                    prefixes.append(confined + "/")
-                else:
-                    files.add(confined)
-            else:
-                tokens.add(_token_of(entry))
-        self.tokens, self.files, self.prefixes = frozenset(tokens), frozenset(files), tuple(prefixes)
+            _parse_line(entries, number, raw)
+        self.tokens, self.files = frozenset(entries.tokens), frozenset(entries.files)
+        self.prefixes = tuple(entries.prefixes)
+        self.reported = {
+            "link": len(self.tokens),
+            "file": len(self.files),
+            "prefix": len(self.prefixes),
+            "ignored": entries.ignored,
+            "ambiguous": entries.ambiguous,
+        }
+        for kind, count in self.reported.items():
+            child(REVOCATION_ENTRIES, kind).set(count)
 
     def revoked(self, token: str, path: str) -> bool:
         """Whether a link (its token) or the file it names (confined path) is revoked."""
@@ -90,11 +174,13 @@ class Revocations:
             self.parse(await handle.read())
         self._seen = signature
         log.info(
-            "revocation list %s loaded: %d links, %d files, %d prefixes",
+            "revocation list %s loaded: %d links, %d files, %d prefixes (%d lines ignored, %d ambiguous)",
             self.path,
             len(self.tokens),
             len(self.files),
             len(self.prefixes),
+            self.reported["ignored"],
+            self.reported["ambiguous"],
         )
 
     async def watch(self, interval: float = 1.0) -> None:
