@@ -175,8 +175,9 @@ def _metrics_directory(workers: int) -> Iterator[None]:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    metrics_port = args.metrics_port or settings.edge.metrics_port
     if settings.dev_dir is not None:
-        _print_dev_banner(settings, args.host, args.port)
+        _print_dev_banner(settings, args.host, args.port, metrics_port)
     cache_dir = settings.transcode.cache_dir
     try:
         # Made here, once, so a directory that cannot be made stops `serve` at once (exit 2).
@@ -192,12 +193,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         os.environ["GATEWAY_DEV_DIR"] = str(settings.dev_dir)
     with _metrics_directory(args.workers):
         from .common.metrics import serve_on_port
-        from .edge.app import METRICS_PORT_ENV, create_app
+        from .edge.app import create_app
         from .edge.supervisor import Supervisor
 
-        if args.metrics_port:
-            os.environ[METRICS_PORT_ENV] = str(args.metrics_port)
-            serve_on_port(args.host, args.metrics_port)
+        if metrics_port:
+            serve_on_port(args.host, metrics_port)
         options = dict(
             host=args.host,
             port=args.port,
@@ -262,7 +262,7 @@ def _api_client_add(client_id: str, prefix: str) -> int:
     return 0
 
 
-def _print_dev_banner(settings: Settings, host: str, port: int) -> None:
+def _print_dev_banner(settings: Settings, host: str, port: int, metrics_port: int | None) -> None:
     base = settings.public_url or f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     assert settings.dev_dir is not None
     lines = [
@@ -274,6 +274,11 @@ def _print_dev_banner(settings: Settings, host: str, port: int) -> None:
     for path in SAMPLE_PATHS:
         token = encrypt_path(path, settings.keys[0])
         lines.append(f"    {path}\n      download: {base}/{token}\n      play:     {base}/{token}?inline=1")
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    if metrics_port:
+        lines.append(f"  metrics: http://{shown}:{metrics_port}/metrics")
+    else:
+        lines.append("  metrics: not served (add --metrics-port PORT; never on the public port)")
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 

@@ -375,7 +375,9 @@ def start_gateway(
     `Gateway.pid` is still the gateway's."""
     options = ["--workers", str(workers)] if workers != 1 else []
     options += list(extra_args)
-    env = gateway_environment(keys, root, extra_env=extra_env, storage_url=storage_url)
+    # The suite scrapes a gateway without a metrics port on its one port (tests of the default say so).
+    public = {} if "--metrics-port" in options else {"GATEWAY_PUBLIC_METRICS": "true"}
+    env = gateway_environment(keys, root, extra_env={**public, **(extra_env or {})}, storage_url=storage_url)
     process, base_url, log = _start_command(
         "serve", options, env, workdir, "gateway", split_stderr=split_stderr, command_prefix=command_prefix
     )

@@ -341,10 +341,33 @@ def test_metrics_port_serves_metrics_and_public_port_answers_plain_404(metered: 
     assert "gateway_requests_total" in {name for name, _ in metered.scrape()}
 
 
+def test_by_default_the_public_port_never_serves_metrics(
+    storage: Storage, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Its labels tell refusal reasons apart (an existence oracle): only an explicit setting puts it there."""
+    workdir = tmp_path_factory.mktemp("metrics-default")
+    port = free_port()
+    gateway = start_gateway(storage.root, [new_key()], workdir, extra_env={"GATEWAY_PUBLIC_METRICS": ""})
+    try:
+        public = request(gateway.base_url, "/metrics")
+        garbage = request(gateway.base_url, "/" + "A" * 30 + "!")
+        assert (public.status, public.body) == (garbage.status, garbage.body) == (404, b"Not Found\n")
+    finally:
+        stop_process(gateway.process)
+    env = {"GATEWAY_PUBLIC_METRICS": "", "GATEWAY_METRICS_PORT": str(port)}  # the setting, not the flag
+    gateway = start_gateway(storage.root, [new_key()], workdir, extra_env=env)
+    try:
+        assert request(gateway.base_url, "/metrics").status == 404
+        assert request(gateway.base_url, gateway.target(P64K)).status == 200
+        assert "gateway_requests_total" in {name for name, _ in scrape(f"http://127.0.0.1:{port}")}
+    finally:
+        stop_process(gateway.process)
+
+
 def test_per_run_directory_is_removed_when_serve_exits(
     storage: Storage, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """Without --metrics-port, /metrics is on the main port; the multiprocess directory lives as long as serve."""
+    """With public metrics, /metrics is on the main port; the multiprocess directory lives as long as serve."""
     workdir = tmp_path_factory.mktemp("metrics-dir")
     tmpdir = workdir / "tmp"
     tmpdir.mkdir()

@@ -77,6 +77,15 @@ class Edge:
         "bytes read per step while streaming; files up to this size are read in one step",
     )  # fmt: skip
     access_log: bool = setting("GATEWAY_ACCESS_LOG", flag, True, "one log line per request")
+    metrics_port: int | None = setting(
+        "GATEWAY_METRICS_PORT", whole(1, 65535), None,
+        "serve `/metrics` on this port of `--host` (`serve --metrics-port` sets it too); keep it private",
+    )  # fmt: skip
+    public_metrics: bool = setting(
+        "GATEWAY_PUBLIC_METRICS", flag, False,
+        "also serve `/metrics` on the public port; off, it is the plain `404` there (its labels tell refusal "
+        "reasons apart, which the public `404` must not)",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

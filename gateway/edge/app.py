@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from functools import lru_cache
@@ -38,9 +37,9 @@ from ..config import Settings, load_settings
 from ..http.asgi import Message, Receive, Scope, Send
 from ..http.forwarded import client_address, parse_networks
 from ..http.plan import Representation, plan, representation
-from ..http.query import query_params
+from ..http.query import MAX_QUERY_BYTES, query_params
 from ..http.replies import METHOD_NOT_ALLOWED, NOSNIFF, explained, fixed, send_reply
-from ..http.representation import content_disposition
+from ..http.representation import SANDBOX, content_disposition, shown_inline
 from ..http.send import IncompleteBody, send_plan, streams
 from ..links.admission import Admitted
 from ..links.decision import Refusal, storage_failure
@@ -52,8 +51,8 @@ from .control import control_app
 from .drain import Drain
 
 log = logging.getLogger("gateway.edge")
-METRICS_PORT_ENV = "GATEWAY_METRICS_PORT"
 RENDITION_BACKEND = "rendition"  # the `backend` of bytes sent from the rendition cache
+QUERY_TOO_LONG = Refusal(414, "query", f"query string longer than {MAX_QUERY_BYTES} bytes")
 
 
 class Exchange:
@@ -101,9 +100,11 @@ class Edge:
             yield
 
     def _representation(self, path: str, name: str, etag: str, mtime: int, inline: bool) -> Representation:
-        """Headers for one version of a file as one link presents it (`name`, `inline`)."""
-        disposition = (b"content-disposition", content_disposition(name, inline).encode())
-        return representation(media_type(path), etag, mtime, self.edge.cache_control, disposition)
+        """Headers for one version of a file as one link presents it (`name`, `inline` where it may show)."""
+        content_type = media_type(path)
+        disposition = content_disposition(name, inline and shown_inline(content_type))
+        extra = ((b"content-disposition", disposition.encode()), SANDBOX)
+        return representation(content_type, etag, mtime, self.edge.cache_control, *extra)
 
     # -- measuring -----------------------------------------------------------
 
@@ -162,6 +163,9 @@ class Edge:
             await send_reply(send, METHOD_NOT_ALLOWED)
             return
         token = scope["path"][1:]
+        if len(scope["query_string"]) > MAX_QUERY_BYTES:
+            await _refuse(send, exchange, QUERY_TOO_LONG)
+            return
         decision = await self.admission.admit(token, query_params(scope["query_string"]))
         if isinstance(decision, Refusal):
             await _refuse(send, exchange, decision)
@@ -232,7 +236,7 @@ class Edge:
         serves the file with sendfile, ranges and validators included.
         """
         content_type = media_type(decision.path)
-        disposition = content_disposition(decision.name, decision.view.inline)
+        disposition = content_disposition(decision.name, decision.view.inline and shown_inline(content_type))
         url = await decision.storage.handoff_url(decision.path, content_type, disposition)
         if decision.handoff == "redirect":
             headers = [(b"location", url.encode("latin-1")), (b"cache-control", b"no-store")]
@@ -242,6 +246,7 @@ class Edge:
                 (b"content-type", content_type.encode()),
                 (b"content-disposition", disposition.encode()),
                 (b"cache-control", self.edge.cache_control.encode()),
+                SANDBOX,
             ]
         headers += [(b"content-length", b"0"), NOSNIFF]
         await send({"type": "http.response.start", "status": decision.status, "headers": headers})
@@ -262,8 +267,8 @@ async def _refuse(send: Send, exchange: Exchange, refusal: Refusal) -> None:
 def create_app(settings: Settings | None = None) -> Edge:
     """The uvicorn factory: each worker validates and builds its own app.
 
-    With GATEWAY_METRICS_PORT set (by `serve --metrics-port`), /metrics is
-    served on that port only, so the public port never exposes it.
+    /metrics is served on the metrics port (by `serve`'s supervising
+    process), never on this public port unless `edge.public_metrics` says so.
     """
-    services = build_services(settings or load_settings())
-    return Edge(services, serve_metrics=not os.environ.get(METRICS_PORT_ENV))
+    settings = settings or load_settings()
+    return Edge(build_services(settings), serve_metrics=settings.edge.public_metrics)

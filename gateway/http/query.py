@@ -14,6 +14,9 @@ from types import MappingProxyType
 from urllib.parse import parse_qsl
 
 EMPTY: Mapping[str, str] = MappingProxyType({})
+# Longer query strings are refused (414) before anything reads them: a signed link with the
+# longest download name and a mask of 100 spans stays well below it.
+MAX_QUERY_BYTES = 8192
 _REMEMBERED_BYTES = 512  # longer query strings are not kept
 _REMEMBERED = 1024
 

@@ -13,6 +13,18 @@ from urllib.parse import quote
 _ATTR_SAFE = "!#$&+-.^_`|~"
 
 
+# A recording link is shown by the browser itself only for what cannot carry script: sound,
+# pictures, video. Anything else a storage holds (HTML, SVG, PDF, text) downloads, and every
+# answer carries a policy that sandboxes it and loads nothing, should a browser show it anyway.
+SHOWN_INLINE = ("audio/", "video/", "image/png", "image/jpeg", "image/gif", "image/webp", "image/avif", "image/bmp")
+SANDBOX = (b"content-security-policy", b"sandbox; default-src 'none'")
+
+
+def shown_inline(content_type: str) -> bool:
+    """Whether `?inline=1` may show a file of this type in the browser (else it downloads)."""
+    return content_type.startswith(SHOWN_INLINE)
+
+
 def content_disposition(name: str, inline: bool) -> str:
     """RFC 6266 disposition with an ASCII fallback and a UTF-8 `filename*`.
 
