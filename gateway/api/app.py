@@ -35,15 +35,17 @@ from ..links.clients import ApiClient
 from ..links.inspect import LinkReport, NotALink, iso8601
 from ..links.issuing import Issuer
 from ..links.paths import PathRefused, confine
+from ..links.resolver import Unresolved
 from ..links.tokens import TokenError
 from ..services import Services, build_services
+from ..storage import StorageUnavailable
 from . import models
 from .openapi import Operation, document
 
 log = logging.getLogger("gateway.api")
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
-CHECK_CONCURRENCY = 16
+CONCURRENCY = 16  # lookups at once for one batch or check
 NOT_A_LINK = "not a link this gateway opens"
 _NO_STORE = {"cache-control": "no-store"}
 _REALM = 'Bearer realm="storage-gateway"'
@@ -183,37 +185,61 @@ class LinkAPI:
 
     # -- issuing ------------------------------------------------------------
 
-    def issue(self, client: ApiClient, wanted: models.LinkRequest) -> models.Link:
-        """One link, or ApiError (400 invalid, 403 outside the client's prefix)."""
+    async def issue(self, client: ApiClient, wanted: models.LinkRequest) -> models.Link:
+        """One link, or ApiError (400 invalid, 403 outside the client's prefix, 404 no such recording).
+
+        In legacy mode every token the API hands out is also a legacy link,
+        signed or not (strip the query), and ECB encrypts each 16-byte
+        block alone: a client that could choose its path freely could cut
+        a token for any path out of one for a path under its prefix. So a
+        client limited to a prefix gets links only to recordings that exist
+        (their names are not chosen by it); in strict mode every link is
+        signed over its whole token, and links may be made ahead.
+        """
         try:
             confined = confine(wanted.path)
         except PathRefused as exc:
             raise _bad("path", f"refused: {exc}") from None
         if not client.allows(confined):
             raise ApiError(403, f"path: outside this client's prefix {client.display_prefix}", "path")
+        if client.scoped and not self.issuer.require_signed:
+            await self._must_exist(confined)
         issued = self.issuer.issue(
             confined, expires_in=wanted.expires_in, inline=bool(wanted.inline), filename=wanted.filename
         )
         expires_at = None if issued.expires_at is None else iso8601(issued.expires_at)
         return models.Link(issued.record_url, expires_at, issued.path, issued.signed)
 
+    async def _must_exist(self, confined: str) -> None:
+        try:
+            file, _, _ = await self.services.resolver.lookup([confined])
+        except Unresolved:
+            raise ApiError(404, "path: no such recording", "path") from None
+        except StorageUnavailable:
+            raise ApiError(503, "path: the storage cannot say now whether the recording exists; retry", "path") from None
+        await file.close()
+
     async def create_link(self, request: Request) -> Response:
         client = self.authenticate(request)
-        result = self.issue(client, await self.body(request, models.LinkRequest))
+        result = await self.issue(client, await self.body(request, models.LinkRequest))
         log.info("link API: client=%s issued 1 link", client.id)
         return _json(result)
 
     async def create_links(self, request: Request) -> Response:
         client = self.authenticate(request)
         batch: models.LinkBatch = await self.body(request, models.LinkBatch)
-        results: list[models.Link | models.Error] = []
-        for item in batch.links:
-            try:
-                results.append(self.issue(client, _decoded(item, models.LinkRequest)))
-            except ApiError as exc:
-                results.append(exc.body())
+        gate = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(item: msgspec.Raw) -> models.Link | models.Error:
+            async with gate:
+                try:
+                    return await self.issue(client, _decoded(item, models.LinkRequest))
+                except ApiError as exc:
+                    return exc.body()
+
+        results = await asyncio.gather(*(one(item) for item in batch.links))
         log.info("link API: client=%s batch of %d", client.id, len(batch.links))
-        return _json(models.Links(results))
+        return _json(models.Links(list(results)))
 
     # -- explaining ---------------------------------------------------------
 
@@ -234,7 +260,7 @@ class LinkAPI:
     async def check(self, request: Request) -> Response:
         client = self.authenticate(request)
         wanted: models.CheckRequest = await self.body(request, models.CheckRequest)
-        gate = asyncio.Semaphore(CHECK_CONCURRENCY)
+        gate = asyncio.Semaphore(CONCURRENCY)
 
         async def one(item: msgspec.Raw) -> models.CheckedLink | models.Error:
             async with gate:
