@@ -54,7 +54,11 @@ def blocks(token: str) -> list[bytes]:
 def block_cuts(token: str) -> list[str]:
     """Every token made of a contiguous run of the token's blocks (the token itself included)."""
     parts = blocks(token)
-    return [token_of(b"".join(parts[start:stop])) for start in range(len(parts)) for stop in range(start + 1, len(parts) + 1)]
+    return [
+        token_of(b"".join(parts[start:stop]))
+        for start in range(len(parts))
+        for stop in range(start + 1, len(parts) + 1)
+    ]
 
 
 def splice(*tokens_and_blocks: str | bytes) -> str:
@@ -121,7 +125,12 @@ def pcm_wav(frames: bytes, rate: int = 8000, channels: int = 1) -> bytes:
 def wav_frames(data: bytes) -> tuple[int, int, int, bytes]:
     """(channels, sample width, rate, frames) of a PCM WAV."""
     with wave.open(io.BytesIO(data)) as reader:
-        return reader.getnchannels(), reader.getsampwidth(), reader.getframerate(), reader.readframes(reader.getnframes())
+        return (
+            reader.getnchannels(),
+            reader.getsampwidth(),
+            reader.getframerate(),
+            reader.readframes(reader.getnframes()),
+        )
 
 
 def encode(target: Path, seconds: float, codec_args: list[str], rate: int = 8000) -> bytes:
@@ -199,7 +208,9 @@ def mov_claiming(data: bytes, seconds: int) -> bytes:
     out = bytearray(data)
     boxes = list(mp4_boxes(data))
     timescale = next(struct.unpack_from(">I", data, offset + 20)[0] for kind, offset, _ in boxes if kind == b"mdhd")
-    movie_timescale = next(struct.unpack_from(">I", data, offset + 20)[0] for kind, offset, _ in boxes if kind == b"mvhd")
+    movie_timescale = next(
+        struct.unpack_from(">I", data, offset + 20)[0] for kind, offset, _ in boxes if kind == b"mvhd"
+    )
     total = 0
     for kind, offset, _ in boxes:
         if kind == b"stts":

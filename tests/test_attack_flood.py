@@ -61,7 +61,9 @@ async def _answer(reader: asyncio.StreamReader) -> tuple[int, bool]:
     return status, headers.get("connection") == "close"
 
 
-async def _pipeline(host: str, port: int, queue: collections.deque[bytes], tally: collections.Counter, window: int) -> None:
+async def _pipeline(
+    host: str, port: int, queue: collections.deque[bytes], tally: collections.Counter, window: int
+) -> None:
     """Send what is queued `window` requests at a time on keep-alive connections, reading every answer.
 
     A server that closes the connection after some answers gets that many at a time from then on
@@ -220,7 +222,9 @@ DESCRIPTORS = 256  # the gateway's RLIMIT_NOFILE: fewer than the attack's connec
 def prlimit() -> str:
     found = shutil.which("prlimit")
     if found is None:
-        raise AssertionError("prlimit (util-linux) is needed to cap the gateway's descriptors: apt-get install util-linux")
+        raise AssertionError(
+            "prlimit (util-linux) is needed to cap the gateway's descriptors: apt-get install util-linux"
+        )
     return found
 
 
@@ -235,10 +239,13 @@ class Tricklers:
         self.answers: collections.Counter[bytes] = collections.Counter()  # first line of what the server said
         for number in range(count):
             sock = socket.create_connection(split_base(base_url), timeout=5)
-            sock.sendall(b"GET /x HTTP/1.1\r\nHost: storage.example.com\r\n")
             sock.setblocking(False)
             self.selector.register(sock, selectors.EVENT_READ)
             self.open[sock] = number
+            try:
+                sock.send(b"GET /x HTTP/1.1\r\nHost: storage.example.com\r\n")
+            except OSError:  # closed by the server already
+                self._closed(sock)
 
     def _closed(self, sock: socket.socket) -> None:
         self.selector.unregister(sock)
@@ -285,7 +292,9 @@ def test_slowloris_neither_starves_other_clients_nor_keeps_its_connections(tmp_p
     head's deadline."""
     env = {"GATEWAY_HEADER_TIMEOUT": str(HEADER_TIMEOUT)}
     prefix = [prlimit(), f"--nofile={DESCRIPTORS}:{DESCRIPTORS}", "--"]
-    with running_gateway(storage(tmp_path), [new_key()], tmp_path / "gateway", extra_env=env, command_prefix=prefix) as gateway:
+    with running_gateway(
+        storage(tmp_path), [new_key()], tmp_path / "gateway", extra_env=env, command_prefix=prefix
+    ) as gateway:
         target = gateway.target(FILE)
         assert request(gateway.base_url, target).body == DATA
         tricklers = Tricklers(gateway.base_url, TRICKLERS)

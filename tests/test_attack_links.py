@@ -55,7 +55,9 @@ def aliases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Aliases]:
     key = new_key()
     revocations = base / "revoked.txt"
     revocations.write_text("")
-    with running_gateway(root, [key], base / "gateway", extra_env={"GATEWAY_REVOCATION_FILE": str(revocations)}) as gateway:
+    with running_gateway(
+        root, [key], base / "gateway", extra_env={"GATEWAY_REVOCATION_FILE": str(revocations)}
+    ) as gateway:
         # Revoked after the start, as ops do, so the reload is what is tested.
         replacement = revocations.with_suffix(".new")
         replacement.write_text("".join(gateway.token(path) + "\n" for path in REVOKED))
