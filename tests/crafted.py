@@ -22,10 +22,7 @@ from pathlib import Path
 from recordings import ffmpeg
 from servers import Reply
 
-try:
-    from gateway.tokens import decrypt_token, encrypt_path
-except ImportError:  # the codec's new home after the restructuring
-    from gateway.links.tokens import decrypt_token, encrypt_path  # type: ignore[no-redef]
+from gateway.links.tokens import decrypt_token, encrypt_path
 
 __all__ = ["decrypt_token", "encrypt_path"]
 

@@ -237,7 +237,7 @@ class Edge:
         """
         content_type = media_type(decision.path)
         disposition = content_disposition(decision.name, decision.view.inline and shown_inline(content_type))
-        url = await decision.storage.handoff_url(decision.path, content_type, disposition)
+        url = await decision.storage.handoff_url(decision.file, decision.path, content_type, disposition)
         if decision.handoff == "redirect":
             headers = [(b"location", url.encode("latin-1")), (b"cache-control", b"no-store")]
         else:

@@ -56,8 +56,8 @@ class Storage(Protocol):
         """Open a confined relative path; raises NotFound or StorageUnavailable."""
         ...
 
-    async def handoff_url(self, path: str, content_type: str, disposition: str) -> str:
-        """Where the bytes of `path` can be fetched without the gateway (see `handoff`)."""
+    async def handoff_url(self, file: StoredFile, path: str, content_type: str, disposition: str) -> str:
+        """Where the bytes of `file` (opened for `path`) can be fetched without the gateway (see `handoff`)."""
         ...
 
     async def ready(self) -> bool: ...

@@ -22,9 +22,12 @@ from urllib.parse import quote
 from aiofiles.os import wrap
 
 from ..common.caching import LruCache
-from . import NotFound, StorageUnavailable
+from . import NotFound, StorageUnavailable, StoredFile
+from .beneath import Beneath, Escaped
 
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+# Symlinks below the root are followed (Beneath keeps the open below it); non-blocking so
+# that a FIFO cannot hang a worker.
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
 _MISSING = (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG)
 # Sockets and device nodes without a driver cannot be opened: not files we serve.
 _NOT_FILES = (errno.ENXIO, errno.ENODEV)
@@ -39,15 +42,18 @@ def entity_tag(size: int, mtime: int) -> str:
 class DiskFile:
     """An open regular file, or the whole of a small one already in memory."""
 
-    __slots__ = ("_chunk", "_fd", "etag", "mtime", "size", "whole")
+    __slots__ = ("_chunk", "_fd", "etag", "mtime", "real", "size", "whole")
 
-    def __init__(self, size: int, mtime: int, fd: int | None, data: bytes | None, chunk: int) -> None:
+    def __init__(
+        self, size: int, mtime: int, fd: int | None, data: bytes | None, chunk: int, real: str | None = None
+    ) -> None:
         self.size = size
         self.mtime = mtime
         self.etag = entity_tag(size, mtime)
         self._fd = fd
         self.whole = data
         self._chunk = chunk
+        self.real = real  # where the opened file really is, relative to the root (for nginx offload)
 
     async def iter_bytes(self, start: int, stop: int) -> AsyncIterator[bytes]:
         if self.whole is not None:
@@ -98,8 +104,8 @@ class DiskStorage:
         self.name = Path(root).as_uri()
         self.handoff = "accel" if accel_redirect else None
         self._accel_prefix = accel_redirect
-        self.root = os.path.realpath(root)
-        self._prefix = self.root.rstrip("/") + "/"
+        self._beneath = Beneath(str(root))
+        self.root = self._beneath.root
         self._chunk = chunk
         self._open = wrap(self._open_sync)
         # Like nginx's open_file_cache: small files just read, kept whole for a moment.
@@ -117,41 +123,43 @@ class DiskStorage:
         return file
 
     def _open_sync(self, path: str) -> DiskFile:
-        """Runs in the thread pool: resolve, confine, open, check, maybe read."""
-        real = os.path.realpath(self._prefix + path)
-        if not real.startswith(self._prefix):
-            raise NotFound("symlink", "resolves outside the storage root")
+        """Runs in the thread pool: open below the root, check, maybe read."""
         try:
-            fd = os.open(real, _OPEN_FLAGS)
+            fd = self._beneath.open(path, _OPEN_FLAGS)
         except OSError as exc:
             raise _not_found_or_failure(exc) from None
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise NotFound("not_file", "not a regular file")
+            # nginx is handed the file the gateway opened, not a path it would resolve again.
+            real = self._beneath.real_relative(fd) if self._accel_prefix else None
             size, mtime = info.st_size, int(info.st_mtime)
             if size > self._chunk:
-                return DiskFile(size, mtime, fd, None, self._chunk)
+                return DiskFile(size, mtime, fd, None, self._chunk, real)
             data = _read_exactly(fd, size)
+        except Escaped:
+            os.close(fd)
+            raise NotFound("symlink", "the file opened lies outside the storage root") from None
         except BaseException:
             os.close(fd)
             raise
         os.close(fd)
-        return DiskFile(len(data), mtime, None, data, self._chunk)
+        return DiskFile(len(data), mtime, None, data, self._chunk, real)
 
     async def start(self) -> None:
         return None
 
-    async def handoff_url(self, path: str, content_type: str, disposition: str) -> str:
-        """The nginx internal location of a file already found and confined by open()."""
-        assert self._accel_prefix is not None
-        return self._accel_prefix + quote(path)
+    async def handoff_url(self, file: StoredFile, path: str, content_type: str, disposition: str) -> str:
+        """The nginx internal location of the file open() opened (its real path: no symlink to follow)."""
+        assert self._accel_prefix is not None and isinstance(file, DiskFile) and file.real is not None
+        return self._accel_prefix + quote(file.real)
 
     async def ready(self) -> bool:
         return await _readable_dir(self.root)
 
     async def aclose(self) -> None:
-        return None
+        self._cache.clear()
 
 
 def _read_exactly(fd: int, size: int) -> bytes:
@@ -171,8 +179,8 @@ def _not_found_or_failure(exc: OSError) -> Exception:
         return NotFound("not_found")
     if exc.errno in _NOT_FILES:
         return NotFound("not_file", "not a regular file")
-    if exc.errno == errno.ELOOP:
-        return NotFound("symlink", "symlink changed while opening")
+    if exc.errno in (errno.ELOOP, errno.EXDEV):
+        return NotFound("symlink", "a symlink leads outside the storage root, or round in circles")
     if exc.errno == errno.EACCES:
         return NotFound("permission", "the gateway may not read this file")
     return StorageUnavailable("io", f"{exc.strerror} (errno {exc.errno})")

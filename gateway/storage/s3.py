@@ -35,7 +35,7 @@ from botocore.exceptions import (
 )
 
 from ..common.caching import LruCache
-from . import NotFound, StorageUnavailable
+from . import NotFound, StorageUnavailable, StoredFile
 from .specs import S3Client
 from .specs import S3Storage as S3Spec
 
@@ -189,7 +189,7 @@ class S3Storage:
         self._found.put(key, found, now)
         return found
 
-    async def handoff_url(self, path: str, content_type: str, disposition: str) -> str:
+    async def handoff_url(self, file: StoredFile, path: str, content_type: str, disposition: str) -> str:
         """A presigned GET that makes S3 answer with our type and file name."""
         return await self.lookups.generate_presigned_url(
             "get_object",
