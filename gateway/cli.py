@@ -178,12 +178,15 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     metrics_port = args.metrics_port or settings.edge.metrics_port
     if settings.dev_dir is not None:
         _print_dev_banner(settings, args.host, args.port, metrics_port)
+    from .transcode.cache import UnsafeDirectory, private_directory
+
     cache_dir = settings.transcode.cache_dir
     try:
-        # Made here, once, so a directory that cannot be made stops `serve` at once (exit 2).
-        cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"storage-gateway: configuration error: transcode.cache_dir: cannot make {cache_dir}: {exc.strerror}",
+        # Made (or checked) here, once, so a directory that is not this user's alone stops `serve` (exit 2).
+        private_directory(cache_dir)
+    except (OSError, UnsafeDirectory) as exc:
+        problem = f"cannot make {cache_dir}: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
+        print(f"storage-gateway: configuration error: transcode.cache_dir (GATEWAY_TRANSCODE_CACHE_DIR): {problem}",
               file=sys.stderr)  # fmt: skip
         return 2
     # Workers are fresh interpreters: they re-read the same configuration.

@@ -65,6 +65,7 @@ def build_services(settings: Settings, *, converting: bool = True, clock: Callab
         cache_bytes=transcode.cache_bytes,
         max_conversions=transcode.max_conversions,
         max_cpu_seconds=transcode.max_cpu_seconds,
+        max_rendition_bytes=transcode.max_rendition_bytes,
         inline=transcode.inline,
         chunk_size=settings.edge.chunk_size,
         converting=converting,

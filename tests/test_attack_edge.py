@@ -46,14 +46,19 @@ def small_storage(base: Path) -> Path:
 # -- /metrics ----------------------------------------------------------------------------------------
 
 
+# The suite's gateways serve /metrics on their one port unless told otherwise (tests/servers.py):
+# these tests undo that, to see the product's default.
+DEFAULT = {"GATEWAY_PUBLIC_METRICS": ""}
+
+
 def test_a_default_serve_answers_metrics_on_the_public_port_with_the_plain_404(tmp_path: Path) -> None:
-    with running_gateway(small_storage(tmp_path), [new_key()], tmp_path / "gateway") as gateway:
+    with running_gateway(small_storage(tmp_path), [new_key()], tmp_path / "gateway", extra_env=DEFAULT) as gateway:
         assert answer(request(gateway.base_url, "/metrics")) == plain_404(gateway)
 
 
 def test_metrics_port_from_the_environment_serves_metrics_there_only(tmp_path: Path) -> None:
     port = free_port()
-    env = {"GATEWAY_METRICS_PORT": str(port)}
+    env = {**DEFAULT, "GATEWAY_METRICS_PORT": str(port)}
     with running_gateway(small_storage(tmp_path), [new_key()], tmp_path / "gateway", extra_env=env) as gateway:
         request(gateway.base_url, gateway.target("/a.mp3"))
         samples = poll(lambda: _scrape_or_none(f"http://{HOST}:{port}"), lambda found: found is not None, timeout=10.0)

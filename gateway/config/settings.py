@@ -10,7 +10,7 @@ else lists the settings.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +50,9 @@ def setting(env: str, parse: Parser, default: Any, doc: str, *, toml: str = "", 
 
 
 def default_cache_dir() -> Path:
-    return Path(tempfile.gettempdir()) / "storage-gateway-renditions"
+    """The user's own cache (XDG), never a fixed name in the shared temporary directory."""
+    base = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(base) if base.startswith("/") else Path.home() / ".cache") / "storage-gateway" / "renditions"
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,9 @@ class Transcode:
     )  # fmt: skip
     cache_dir: Path = setting(
         "GATEWAY_TRANSCODE_CACHE_DIR", writable_directory, None,
-        "where renditions are kept, shared by the workers of a host; made by `serve` (mode 0700)",
-        factory=default_cache_dir, shown="`storage-gateway-renditions` in the system temporary directory",
+        "where renditions are kept, shared by the workers of a host; made by `serve` (mode 0700), refused unless "
+        "it is a real directory of the gateway's user that no one else may write",
+        factory=default_cache_dir, shown="`$XDG_CACHE_HOME/storage-gateway/renditions` (`~/.cache/…`)",
     )  # fmt: skip
     cache_bytes: int = setting(
         "GATEWAY_TRANSCODE_CACHE_BYTES", whole(MIB, 2**50), GIB,
@@ -126,6 +129,20 @@ class Transcode:
         "GATEWAY_TRANSCODE_MAX_CPU_SECONDS", seconds(24 * 3600), 120.0,
         "CPU time one conversion may use (`0`: no limit); past it the recording is answered `415`",
     )  # fmt: skip
+    max_rendition_bytes: int = setting(
+        "GATEWAY_TRANSCODE_MAX_RENDITION_BYTES", whole(MIB, 4 * GIB - 64 * KIB), 512 * MIB,
+        "largest rendition made (at most `transcode.cache_bytes`; a WAV holds at most 4 GiB); past it the "
+        "recording is answered `415`",
+    )  # fmt: skip
+
+    def problem(self) -> tuple[str, str] | None:
+        """A conflict between two settings of the section: (the setting at fault, what is wrong)."""
+        if self.max_rendition_bytes > self.cache_bytes:
+            return "max_rendition_bytes", (
+                f"{self.max_rendition_bytes} is more than transcode.cache_bytes ({self.cache_bytes}): "
+                "one rendition would take the cache past its bound"
+            )
+        return None
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ..common.caching import LruCache
 from ..storage.disk import DiskFile
@@ -58,6 +59,21 @@ KEY_LOCKS = 1 << 40  # key locks start here, far above any slot
 PARTIAL_SUFFIX = ".part"
 TOUCH_SECONDS = 60.0  # a used rendition's mtime is refreshed at most this often
 _BUSY = (errno.EAGAIN, errno.EACCES)
+# Every file of the cache is opened without following a symlink (and created new, never
+# truncated: see `create`): the directory is private, and this holds even if it were not.
+_PRIVATE = os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def create(path: str) -> int:
+    """A new file at `path` for writing: whatever was there (a leftover, a planted symlink) is removed first."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _PRIVATE, 0o600)
+
+
+def open_new(path: str) -> BinaryIO:
+    """`create`, as a file object."""
+    return os.fdopen(create(path), "wb")
 
 
 class RenditionFile(DiskFile):
@@ -117,6 +133,30 @@ def _close(opened: Opened) -> None:
         os.close(opened.fd)
 
 
+class UnsafeDirectory(Exception):
+    """The cache directory is not this user's alone; str() says why."""
+
+
+def private_directory(path: Path) -> None:
+    """Make `path` (mode 0700) or accept it only if it is a real directory of this user that no one else may write.
+
+    Anyone who can write the rendition cache can plant symlinks in it: make
+    the gateway serve a file only its user may read, delete files elsewhere,
+    or overwrite them with recording bytes. A shared /tmp lets any local
+    user create the directory first.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        raise UnsafeDirectory(f"{path} is a symlink; give the real directory")
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeDirectory(f"{path} is not a directory")
+    if info.st_uid != os.geteuid():
+        raise UnsafeDirectory(f"{path} belongs to uid {info.st_uid}, not to this user (uid {os.geteuid()})")
+    if info.st_mode & 0o022:
+        raise UnsafeDirectory(f"{path} may be written by others (mode {stat.S_IMODE(info.st_mode):04o}); chmod 0700")
+
+
 def key_lock_offset(key: str) -> int:
     return KEY_LOCKS + int.from_bytes(hashlib.sha256(key.encode()).digest()[:7], "big")
 
@@ -135,11 +175,11 @@ class RenditionCache:
     # -- set-up (blocking: run in a thread) ----------------------------------
 
     def prepare(self) -> None:
-        """Make the directories, open the lock file, drop leftovers of dead conversions, fit the bound."""
+        """Make the directories (private), open the lock file, drop leftovers of dead conversions, fit the bound."""
         for directory in (self.directory, self.finished, self.partial):
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_directory(directory)
         if self._lock_fd is None:
-            self._lock_fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._lock_fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | _PRIVATE, 0o600)
         for entry in os.scandir(self.partial):
             key = entry.name.partition(".")[0]
             if self.try_key(key):  # nobody is converting it: a leftover
@@ -171,7 +211,7 @@ class RenditionCache:
         """The finished rendition `key`, open (read whole when small), or None when there is none."""
         path = self.finished / key
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | _PRIVATE)
         except FileNotFoundError:
             return None
         try:

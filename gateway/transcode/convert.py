@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import time
 import wave
 from collections.abc import Iterator
@@ -33,12 +34,16 @@ from typing import BinaryIO, cast
 
 import av
 
-from .cache import PARTIAL_SUFFIX
+from .cache import PARTIAL_SUFFIX, open_new
 from .peaks import PeaksBuilder, dumps
 from .probe import PROBE_BYTES
 
-# Call recordings are mono or stereo; more channels are mixed down to stereo.
+# Call recordings are mono or stereo; more channels are mixed down to stereo, and a file
+# claiming more than 8, or a rate no recording has, is not one this gateway converts (a
+# WAV header's byte rate overflows, resamplers refuse odd layouts).
 MAX_CHANNELS = 2
+MAX_SOURCE_CHANNELS = 8
+RATES = (1000, 384_000)
 _LAYOUTS = {1: "mono", 2: "stereo"}
 _BITEXACT = {"fflags": "+bitexact"}
 # The WAV demuxer's packet size (4096 bytes by default, fewer after its own
@@ -52,6 +57,7 @@ _INPUT_OPTIONS = {"max_size": "65536", "probesize": str(PROBE_BYTES)}
 # seconds of a streamed WAV reach the edge at once (256 KiB is 16 s of 8 kHz
 # audio), large enough that a GSM frame (320 samples) is not a write each.
 _WRITE_BYTES = 256 * 1024
+_WAV_HEADER_BYTES = 44
 # Codecs whose every packet decodes to exactly its duration: the telephony
 # ones and PCM. MP3, AAC, Opus and Vorbis are not (encoder delay and padding
 # are trimmed when decoding: counted from packets, an MP3 comes out a tenth
@@ -67,6 +73,17 @@ class Undecodable(Exception):
 class TooLong(Exception):
     """The conversion used up its CPU time; str() says how much, for the client."""
 
+
+class TooLarge(Exception):
+    """The rendition would be larger than `transcode.max_rendition_bytes`; str() says so, for the client."""
+
+
+# The most samples (per channel) one byte of each codec can decode to: a length a container
+# declares beyond what its bytes can hold is a lie (a crafted timing table), not a count.
+# PCM is worked out from its sample size. G.726 at 16 kbit/s is 2 bits a sample; GSM 6.10
+# 160 samples in 33 bytes; G.723.1 240 in 20; the ADPCM family 4 bits.
+_SAMPLES_PER_BYTE = {"adpcm_g726": 4.0, "adpcm_g726le": 4.0, "gsm": 160 / 33, "gsm_ms": 320 / 65, "g723_1": 12.0}
+_DEFAULT_SAMPLES_PER_BYTE = 2.0
 
 @dataclass(frozen=True, slots=True)
 class Rendered:
@@ -91,7 +108,9 @@ _ENCODERS = {
 }
 
 
-def render(source: str, target: str, kind: str, pixels: int = 0, cpu_seconds: float = 0.0) -> Rendered:
+def render(
+    source: str, target: str, kind: str, pixels: int = 0, cpu_seconds: float = 0.0, max_bytes: int = 2**32 - 2**16
+) -> Rendered:
     """Convert the first audio stream of `source` into `target`: kind "wav", "mp3", "opus" or "peaks".
 
     `cpu_seconds` (0: no limit) bounds the CPU time of this call, so a
@@ -99,6 +118,8 @@ def render(source: str, target: str, kind: str, pixels: int = 0, cpu_seconds: fl
     conversion slot for ever: past it, TooLong. It is checked at every
     packet (a signal would be the obvious tool, but an exception raised by
     its handler inside PyAV's compiled code can be lost: seen here).
+    `max_bytes` bounds the output: past it, TooLarge, before it is written
+    when its size is known first.
     """
     budget = _Budget(cpu_seconds)
     try:
@@ -113,19 +134,49 @@ def render(source: str, target: str, kind: str, pixels: int = 0, cpu_seconds: fl
         if context is None or context.codec is None:
             raise Undecodable("the gateway has no decoder for its audio")
         codec = context.codec.canonical_name
-        rate, channels = context.sample_rate, min(context.layout.nb_channels or context.channels, MAX_CHANNELS)
-        if rate <= 0 or channels <= 0:
-            raise Undecodable(f"its {codec} audio has no sample rate or no channels")
+        rate, source_channels = context.sample_rate, context.layout.nb_channels or context.channels
+        if not RATES[0] <= rate <= RATES[1] or not 1 <= source_channels <= MAX_SOURCE_CHANNELS:
+            raise Undecodable(f"its {codec} audio claims {source_channels} channels at {rate} Hz, which no recording has")
+        channels = min(source_channels, MAX_CHANNELS)
         frames = _frames(container, stream, budget)
+        sink = _Bounded(max_bytes)
         if kind == "wav":
-            samples = _wav(frames, target, rate, channels, _counted_samples(source, rate, codec, budget))
+            declared = _counted_samples(source, rate, codec, budget)
+            if declared is not None and declared > _most_samples(codec, source, source_channels):
+                declared = None  # the container's length is a lie: decode, and declare what was decoded
+            samples = _wav(frames, target, rate, channels, declared, sink)
         elif kind == "peaks":
             samples = _peaks(frames, target, rate, pixels, _estimated_samples(container, stream, rate))
         else:
-            samples = _encode(frames, target, _ENCODERS[kind], rate, channels)
+            samples = _encode(frames, target, _ENCODERS[kind], rate, channels, sink)
     if samples == 0:
         raise Undecodable(f"no {codec} audio could be decoded")
     return Rendered(codec, samples / rate)
+
+
+def _most_samples(codec: str, source: str, channels: int) -> int:
+    """How many samples per channel the source's bytes can hold at most, for its codec."""
+    if codec.startswith("pcm_"):
+        bits = re.search(r"\d+", codec)  # pcm_s16le: 16 bits; pcm_mulaw, pcm_alaw: 8
+        per_byte = 8 / int(bits[0]) if bits else 1.0
+    else:
+        per_byte = _SAMPLES_PER_BYTE.get(codec, _DEFAULT_SAMPLES_PER_BYTE)
+    return int(os.path.getsize(source) * per_byte / channels) + 4096  # a codec frame's worth of slack
+
+
+class _Bounded:
+    """Counts the bytes an output gets; TooLarge past `limit`."""
+
+    __slots__ = ("limit", "written")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.written = 0
+
+    def add(self, count: int) -> None:
+        self.written += count
+        if self.written > self.limit:
+            raise TooLarge(f"its rendition would be larger than {self.limit} bytes")
 
 
 class _Budget:
@@ -177,46 +228,56 @@ def _pcm(frame: av.AudioFrame, channels: int) -> memoryview:
     return memoryview(frame.planes[0])[: frame.samples * channels * 2]
 
 
-def _wav(frames: Iterator[av.AudioFrame], target: str, rate: int, channels: int, declared: int | None) -> int:
+def _wav(
+    frames: Iterator[av.AudioFrame], target: str, rate: int, channels: int, declared: int | None, sink: _Bounded
+) -> int:
     """16-bit PCM WAV; the standard library writes the RIFF header.
 
     With `declared` samples, the header says so before the first sample and
     exactly that many are written: decoded samples past the count are
     dropped, and a count the decoder falls short of (a damaged last block)
-    is made up with silence, so the size promised to clients holds. Returns
-    the samples decoded.
+    is made up with silence, written a batch at a time, so the size promised
+    to clients holds. Returns the samples decoded.
     """
     resampler = av.AudioResampler(format="s16", layout=_LAYOUTS[channels], rate=rate)
     frame_bytes = 2 * channels
     decoded = written = 0
     pending: list[bytes] = []  # written in batches: a GSM frame is 320 samples, 15,000 in ten minutes
     size = 0
-    with _output(target, visible=declared is not None) as sink, wave.open(sink, "wb") as out:
+    if declared is not None:
+        sink.add(_WAV_HEADER_BYTES + declared * frame_bytes)  # known before a sample is decoded
+    with _output(target, visible=declared is not None) as out_file, wave.open(out_file, "wb") as out:
         out.setnchannels(channels)
         out.setsampwidth(2)
         out.setframerate(rate)
         if declared is not None:
             out.setnframes(declared)
             out.writeframesraw(b"")  # the header alone, with the size, for the edge to read at once
-            sink.flush()
+            out_file.flush()
         for frame in _resampled(frames, resampler):
             decoded += frame.samples
             data = _pcm(frame, channels)
             if declared is not None:
                 data = data[: (declared - written) * frame_bytes]
+            else:
+                sink.add(len(data))
             pending.append(bytes(data))
             size += len(data)
             written += len(data) // frame_bytes
             if size >= _WRITE_BYTES:
                 out.writeframesraw(b"".join(pending))
-                sink.flush()
+                out_file.flush()
                 pending.clear()
                 size = 0
             if declared is not None and written >= declared:
                 break
-        if declared is not None and written < declared:
-            pending.append(bytes((declared - written) * frame_bytes))
         out.writeframesraw(b"".join(pending))
+        if declared is not None:
+            silence = bytes(_WRITE_BYTES - _WRITE_BYTES % frame_bytes)
+            while written < declared:
+                count = min(declared - written, len(silence) // frame_bytes)
+                out.writeframesraw(silence[: count * frame_bytes])
+                written += count
     return decoded
 
 
@@ -285,19 +346,19 @@ def _output(target: str, visible: bool) -> Iterator[BinaryIO]:
     its bytes change under it.
     """
     path = target if visible else target + PARTIAL_SUFFIX
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    with open(path, "xb") as sink:
+    with open_new(path) as sink:
         yield sink
     if not visible:
         os.replace(path, target)
 
 
-def _encode(frames: Iterator[av.AudioFrame], target: str, encoder: _Encoder, rate: int, channels: int) -> int:
+def _encode(
+    frames: Iterator[av.AudioFrame], target: str, encoder: _Encoder, rate: int, channels: int, sink: _Bounded
+) -> int:
     rates = sorted(av.codec.Codec(encoder.codec, "w").audio_rates or (rate,))
     out_rate = next((supported for supported in rates if supported >= rate), rates[-1])
     samples = 0
-    with av.open(target, "w", format=encoder.container, options=_BITEXACT) as output:
+    with open_new(target) as file, av.open(file, "w", format=encoder.container, options=_BITEXACT) as output:
         stream = cast(av.AudioStream, output.add_stream(encoder.codec, rate=out_rate, layout=_LAYOUTS[channels]))
         stream.bit_rate = channels * encoder.bits_per_channel[out_rate > 24000]
         stream.codec_context.options = dict(encoder.options)
@@ -310,7 +371,9 @@ def _encode(frames: Iterator[av.AudioFrame], target: str, encoder: _Encoder, rat
         )
         for frame in _resampled(frames, resampler):
             samples += frame.samples
-            output.mux(stream.encode(frame))
+            for packet in stream.encode(frame):
+                sink.add(packet.size)
+                output.mux(packet)
         output.mux(stream.encode(None))
     return samples * rate // out_rate
 
@@ -320,7 +383,7 @@ def _peaks(frames: Iterator[av.AudioFrame], target: str, rate: int, pixels: int,
     resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
     for frame in _resampled(frames, resampler):
         builder.add(_pcm(frame, 1))
-    with open(target, "wb") as sink:
+    with open_new(target) as sink:
         sink.write(dumps(builder.finish()))
     return builder.samples
 

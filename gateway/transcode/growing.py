@@ -73,7 +73,7 @@ async def follow(path: str, etag: str, mtime: int, chunk: int, finished: Callabl
 def _open_declared(path: str) -> tuple[int, int] | None:
     """Open `path` and read the size its header declares; None while it has no (whole) header."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     try:

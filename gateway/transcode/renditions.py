@@ -49,8 +49,8 @@ from ..common.metrics import (
     RENDITION_CACHE,
     child,
 )
-from ..storage import StoredFile
-from .cache import OpenRenditions, RenditionCache, RenditionFile
+from ..storage import StorageUnavailable, StoredFile
+from .cache import OpenRenditions, RenditionCache, RenditionFile, create
 from .growing import follow
 from .pool import ProcessDied, ProcessPool
 from .probe import PROBE_BYTES, Probe, probe
@@ -90,12 +90,14 @@ class Renditions:
         cache_bytes: int,
         max_conversions: int,
         max_cpu_seconds: float,
+        max_rendition_bytes: int,
         inline: bool,
         chunk_size: int,
         converting: bool = True,
     ) -> None:
         self.inline = inline  # inline links to audio browsers cannot play get the PCM WAV rendition
         self.max_cpu_seconds = max_cpu_seconds
+        self.max_rendition_bytes = max_rendition_bytes
         self.converting = converting
         self.chunk = chunk_size
         self.cache = RenditionCache(cache_dir, cache_bytes, max_conversions, chunk_size)
@@ -161,8 +163,8 @@ class Renditions:
         complete = len(head) >= file.size
         try:
             found = await self.prober.run(probe, head, complete)
-        except ProcessDied as exc:  # remembered: the file is not tried again in this worker
-            log.error("probing the file with etag %s failed: %s", file.etag, exc)
+        except Exception as exc:  # the process died, or the file made probing fail: remembered, not tried again
+            log.error("probing the file with etag %s failed: %r", file.etag, exc)
             found = Probe(None, None, False, "not a recording the gateway can read (probing it failed)", True)
         self._probes.put(version, found)
         return found
@@ -208,7 +210,7 @@ class Renditions:
 
     async def _convert(self, key: str, file: StoredFile, wants: Wanted) -> None:
         """Make rendition `key` unless another process does: then wait for it (no slot needed)."""
-        from .convert import TooLong, Undecodable, render  # PyAV: imported by the first conversion, not at start
+        from .convert import TooLarge, TooLong, Undecodable, render  # PyAV: with the first conversion, not at start
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + KEY_WAIT_SECONDS
@@ -235,6 +237,7 @@ class Renditions:
                     wants.kind,
                     wants.pixels,
                     self.max_cpu_seconds,
+                    self.max_rendition_bytes,
                 )
                 await loop.run_in_executor(None, self.cache.store, key)
                 elapsed = time.perf_counter() - started
@@ -244,8 +247,11 @@ class Renditions:
             except Undecodable as exc:  # remembered: converting it again would fail the same way
                 self._unconvertible.put(key, ("undecodable", str(exc)))
                 raise _unconvertible(wants, "undecodable", str(exc)) from None
-            except TooLong as exc:  # remembered too: it would only run out of time again
-                known = ("too_long", f"the recording cannot be converted: {exc}")
+            except (TooLong, TooLarge) as exc:  # remembered too: it would only run out of time or room again
+                known = (
+                    "too_long" if isinstance(exc, TooLong) else "too_large",
+                    f"the recording cannot be converted: {exc}",
+                )
                 self._unconvertible.put(key, known)
                 raise _unconvertible(wants, *known) from None
             except ProcessDied:  # not remembered: the OOM killer may have been the cause
@@ -253,6 +259,13 @@ class Renditions:
             except OSError as exc:  # the cache directory full or unwritable: this host's problem, for now
                 log.error("rendition=%s could not be made: %s", key[:8], exc)
                 raise Refused(503, "cache", "the rendition cannot be made now; retry later", RETRY_AFTER) from None
+            except StorageUnavailable:  # the source could not be read: the storage's failure, answered as such
+                raise
+            except Exception:  # whatever else a file's content makes the converter raise: its answer is 415
+                log.exception("rendition=%s: the converter failed on the recording", key[:8])
+                known = ("undecodable", "not a recording the gateway can convert")
+                self._unconvertible.put(key, known)
+                raise _unconvertible(wants, *known) from None
             finally:
                 self.cache.release_slot(slot)
                 active.dec()
@@ -267,7 +280,7 @@ class Renditions:
     async def _copy(self, file: StoredFile, target: str) -> None:
         """The source's bytes into a private file the converter reads (from any storage)."""
         loop = asyncio.get_running_loop()
-        fd = await loop.run_in_executor(None, _create, target)
+        fd = await loop.run_in_executor(None, create, target)
         try:
             async with contextlib.aclosing(file.iter_bytes(0, file.size)) as chunks:
                 async for data in chunks:
@@ -280,10 +293,6 @@ def _unconvertible(wants: Wanted, reason: str, problem: str) -> Refused:
     """415: `reason` is the metric's and the access log's label, `problem` what the client reads."""
     child(CONVERSION_FAILURES, wants.kind, reason).inc()
     return Refused(415, reason, f"{problem}; {_ORIGINAL_STILL_THERE}")
-
-
-def _create(path: str) -> int:
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
 
 
 def _write_all(fd: int, data: bytes) -> None:
