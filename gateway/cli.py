@@ -14,7 +14,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .common.metrics import MULTIPROC_ENV
@@ -197,21 +197,22 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     with _metrics_directory(args.workers):
         from .common.metrics import serve_on_port
         from .edge.app import create_app
+        from .edge.protocol import GuardedHttpToolsProtocol
         from .edge.supervisor import Supervisor
 
         if metrics_port:
             serve_on_port(args.host, metrics_port)
-        options = dict(
-            host=args.host,
-            port=args.port,
-            loop="uvloop",
-            http="httptools",
-            access_log=False,  # ours is structured: gateway.access
-            proxy_headers=False,  # X-Forwarded-For is honoured from trusted proxies only, by us
-            server_header=False,
-            timeout_graceful_shutdown=settings.edge.drain_seconds,
-            log_config=_log_config(),
-        )
+        options: dict[str, Any] = {
+            "host": args.host,
+            "port": args.port,
+            "loop": "uvloop",
+            "http": GuardedHttpToolsProtocol,  # httptools, with a head deadline and bounded connections
+            "access_log": False,  # ours is structured: gateway.access
+            "proxy_headers": False,  # X-Forwarded-For is honoured from trusted proxies only, by us
+            "server_header": False,
+            "timeout_graceful_shutdown": settings.edge.drain_seconds,
+            "log_config": _log_config(),
+        }
         if args.workers == 1:
             uvicorn.run(create_app(settings), **options)
         else:

@@ -79,6 +79,16 @@ class Edge:
         "bytes read per step while streaming; files up to this size are read in one step",
     )  # fmt: skip
     access_log: bool = setting("GATEWAY_ACCESS_LOG", flag, True, "one log line per request")
+    header_timeout: float = setting(
+        "GATEWAY_HEADER_TIMEOUT", seconds(300, True), 15.0,
+        "seconds a request head may take to arrive (nginx's `client_header_timeout`); past it `408` and the "
+        "connection is closed",
+    )  # fmt: skip
+    max_connections: int = setting(
+        "GATEWAY_MAX_CONNECTIONS", whole(16, 1_000_000), 1024,
+        "client connections per worker (kept below its descriptor limit); at the bound the one waiting longest "
+        "without a request is closed, or the new one refused with `503` when all are busy",
+    )  # fmt: skip
     metrics_port: int | None = setting(
         "GATEWAY_METRICS_PORT", whole(1, 65535), None,
         "serve `/metrics` on this port of `--host` (`serve --metrics-port` sets it too); keep it private",

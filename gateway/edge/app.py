@@ -45,10 +45,12 @@ from ..links.admission import Admitted
 from ..links.decision import Refusal, storage_failure
 from ..services import Services, build_services
 from ..storage import StorageUnavailable, StoredFile
+from ..storage.specs import S3Storage as S3Spec
 from ..transcode.spec import Refused
 from .accesslog import write as write_access
 from .control import control_app
 from .drain import Drain
+from .protocol import GuardedHttpToolsProtocol
 
 log = logging.getLogger("gateway.edge")
 RENDITION_BACKEND = "rendition"  # the `backend` of bytes sent from the rendition cache
@@ -271,4 +273,8 @@ def create_app(settings: Settings | None = None) -> Edge:
     process), never on this public port unless `edge.public_metrics` says so.
     """
     settings = settings or load_settings()
+    s3_connections = (
+        settings.s3.max_pool_connections + 16 if any(isinstance(s, S3Spec) for s in settings.storages) else 0
+    )
+    GuardedHttpToolsProtocol.configure(settings.edge.header_timeout, settings.edge.max_connections, s3_connections)
     return Edge(build_services(settings), serve_metrics=settings.edge.public_metrics)
