@@ -1,7 +1,9 @@
-"""The atheris harness (tests/fuzz/fuzz_gateway.py) run for a bounded number of inputs.
+"""The atheris harnesses (tests/fuzz/) run for a bounded number of inputs.
 
-A fixed seed and run count keep it the same from run to run (about ten
-seconds); `python tests/fuzz/fuzz_gateway.py -max_total_time=600` is the
+`fuzz_gateway.py` drives the parsers (tokens, confinement, ranges,
+conditions, dispositions); `fuzz_media.py` probes and converts recordings
+whose container headers lie. A fixed seed and run count keep each the same
+from run to run (about twenty seconds each); `-max_total_time=600` is the
 long run. atheris is a test dependency: missing, this fails (never skips).
 """
 
@@ -12,17 +14,26 @@ import subprocess
 import sys
 from pathlib import Path
 
-HARNESS = Path(__file__).resolve().parent / "fuzz" / "fuzz_gateway.py"
-RUNS = 30_000
-TIMEOUT = 300  # seconds: a liveness bound for the whole run (it takes about ten)
+import pytest
+
+FUZZ = Path(__file__).resolve().parent / "fuzz"
+TIMEOUT = 300  # seconds: a liveness bound for each whole run (they take about twenty)
 
 
-def test_atheris_harness_finds_nothing_in_a_bounded_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("harness", "runs", "options"),
+    [
+        ("fuzz_gateway.py", 30_000, ["-max_len=1024"]),
+        # Each input is a few header patches: short inputs, at full length from the start.
+        ("fuzz_media.py", 3_000, ["-max_len=128", "-len_control=0"]),
+    ],
+)
+def test_atheris_harness_finds_nothing_in_a_bounded_run(tmp_path: Path, harness: str, runs: int, options: list[str]):
     assert importlib.util.find_spec("atheris") is not None, (
         "atheris is not installed: it is a test dependency (pip install atheris)"
     )
     result = subprocess.run(
-        [sys.executable, str(HARNESS), f"-runs={RUNS}", "-seed=20170217", "-max_len=1024", "-print_final_stats=1"],
+        [sys.executable, str(FUZZ / harness), f"-runs={runs}", "-seed=20170217", *options, "-print_final_stats=1"],
         cwd=tmp_path,  # where libFuzzer would write a crash-* file
         capture_output=True,
         text=True,
@@ -32,4 +43,4 @@ def test_atheris_harness_finds_nothing_in_a_bounded_run(tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     crashes = sorted(path.name for path in tmp_path.glob("crash-*"))
     assert result.returncode == 0 and not crashes, f"exit {result.returncode}, {crashes}:\n{output[-6000:]}"
-    assert f"Done {RUNS} runs" in output, output[-3000:]
+    assert f"Done {runs} runs" in output, output[-3000:]

@@ -87,8 +87,8 @@ CONVERSION_DURATION = Histogram(
 )
 CONVERSION_FAILURES = Counter(
     "gateway_conversion_failures_total",
-    "Rendition requests answered 415, by output format and reason: undecodable (no audio the gateway can decode) "
-    "or crashed (the converter died on it).",
+    "Rendition requests answered 415, by output format and reason: undecodable (no audio the gateway can decode), "
+    "too_long (past the CPU limit), too_large (past the size limit) or crashed (the converter died on it).",
     ["format", "reason"],
 )
 RENDITION_CACHE = Counter(
