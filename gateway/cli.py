@@ -130,18 +130,11 @@ async def _inspect(link: str, settings: Settings) -> LinkReport:
 
 
 def _log_config() -> dict:
-    """uvicorn's logging, plus ours: text on stderr, JSON access lines alone on stdout."""
+    """uvicorn's logging, plus ours: text on stderr (the JSON access lines go to stdout by themselves)."""
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
-    config["formatters"]["bare"] = {"format": "%(message)s"}
-    config["handlers"]["access_json"] = {
-        "class": "logging.StreamHandler",
-        "formatter": "bare",
-        "stream": "ext://sys.stdout",
-    }
     config["loggers"]["gateway"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
-    config["loggers"]["gateway.access"] = {"handlers": ["access_json"], "level": "INFO", "propagate": False}
     return config
 
 

@@ -13,6 +13,7 @@ import pytest
 from servers import Gateway, Storage, request
 
 SANDBOX = "sandbox; default-src 'none'"
+MEDIA_ONLY = "default-src 'none'; media-src 'self'; img-src 'self'"  # a sandbox would stop the media document
 WEB = {
     "/web/page.html": b"<html><script>document.title='ran'</script></html>",
     "/web/pic.svg": b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>',
@@ -49,7 +50,7 @@ def test_inline_shows_only_media_and_every_answer_is_sandboxed(gateway: Gateway,
         assert reply.status in (200, 206)
         disposition = reply.header("Content-Disposition") or ""
         assert disposition.startswith("inline" if shown and query else "attachment"), (path, query, disposition)
-        assert reply.header("Content-Security-Policy") == SANDBOX
+        assert reply.header("Content-Security-Policy") == (MEDIA_ONLY if shown else SANDBOX)
         assert reply.header("X-Content-Type-Options") == "nosniff"
 
 
@@ -57,9 +58,7 @@ def test_inline_shows_only_media_and_every_answer_is_sandboxed(gateway: Gateway,
 def test_a_query_string_over_8_kib_is_414_before_anything_reads_it(gateway: Gateway, web: Storage, length: int):
     target = gateway.target("/web/call.mp3") + "?sig=x&filename=" + "a" * (length - len("sig=x&filename="))
     reply = request(gateway.base_url, target)
-    if reply.status == 400:  # a request head longer than uvicorn's parser takes never reaches the app
-        assert length > 60000 and b"Invalid HTTP request" in reply.body
-    else:
-        assert (reply.status, reply.body) == (414, b"URI Too Long\n")
+    # Past 16 KiB the target is refused while it is read, before the app sees it (an empty 414).
+    assert (reply.status, reply.body) == (414, b"URI Too Long\n" if length <= 16 * 1024 else b"")
     at_limit = gateway.target("/web/call.mp3") + "?utm=" + "a" * (8192 - len("utm="))
     assert request(gateway.base_url, at_limit).status == 200

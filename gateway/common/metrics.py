@@ -64,6 +64,10 @@ STORAGE_ERRORS = Counter(
     ["backend", "kind"],
 )
 
+ACCESS_LOG_DROPPED = Counter(
+    "gateway_access_log_dropped_total",
+    "Access log lines dropped because the output did not keep up (the buffer was full).",
+)
 REVOCATION_ENTRIES = Gauge(
     "gateway_revocation_entries",
     "Entries of the revocation list as last loaded, by kind: link, file, prefix; and lines reported: ignored "

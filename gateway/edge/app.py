@@ -39,7 +39,7 @@ from ..http.forwarded import client_address, parse_networks
 from ..http.plan import Representation, plan, representation
 from ..http.query import MAX_QUERY_BYTES, query_params
 from ..http.replies import METHOD_NOT_ALLOWED, NOSNIFF, explained, fixed, send_reply
-from ..http.representation import SANDBOX, content_disposition, shown_inline
+from ..http.representation import content_disposition, policy, shown_inline
 from ..http.send import IncompleteBody, send_plan, streams
 from ..links.admission import Admitted
 from ..links.decision import Refusal, storage_failure
@@ -47,7 +47,7 @@ from ..services import Services, build_services
 from ..storage import StorageUnavailable, StoredFile
 from ..storage.specs import S3Storage as S3Spec
 from ..transcode.spec import Refused
-from .accesslog import write as write_access
+from .accesslog import AccessLog
 from .control import control_app
 from .drain import Drain
 from .protocol import GuardedHttpToolsProtocol
@@ -84,6 +84,7 @@ class Edge:
         self.renditions = services.renditions
         self.representation = lru_cache(maxsize=4096)(self._representation)
         self.trusted_proxies = parse_networks(settings.edge.trusted_proxies)
+        self.access_log = AccessLog() if settings.edge.access_log else None
         self.drain = Drain()
         self.control = control_app(services.storages, self.drain, self._lifespan, serve_metrics)
         self._control_paths = {route.path for route in self.control.routes}  # type: ignore[attr-defined]
@@ -98,6 +99,8 @@ class Edge:
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         async with self.services.running() as stack:
             stack.callback(worker_exiting)
+            if self.access_log is not None:
+                stack.callback(self.access_log.close)  # after the drain: every line is written
             self.drain.watch_signals()
             yield
 
@@ -105,7 +108,7 @@ class Edge:
         """Headers for one version of a file as one link presents it (`name`, `inline` where it may show)."""
         content_type = media_type(path)
         disposition = content_disposition(name, inline and shown_inline(content_type))
-        extra = ((b"content-disposition", disposition.encode()), SANDBOX)
+        extra = ((b"content-disposition", disposition.encode()), policy(content_type))
         return representation(content_type, etag, mtime, self.edge.cache_control, *extra)
 
     # -- measuring -----------------------------------------------------------
@@ -132,7 +135,7 @@ class Edge:
             child(DURATION, exchange.method).observe(duration)
             if exchange.bytes:
                 child(RESPONSE_BYTES, exchange.backend).inc(exchange.bytes)
-            if self.edge.access_log:
+            if self.access_log is not None:
                 self._log_access(scope, headers, exchange, duration)
 
     def _log_access(self, scope: Scope, headers: Mapping[bytes, bytes], exchange: Exchange, duration: float) -> None:
@@ -153,7 +156,7 @@ class Edge:
             fields["range"] = headers[b"range"].decode("latin-1")[:100]
         if b"user-agent" in headers:
             fields["user_agent"] = headers[b"user-agent"].decode("latin-1")[:200]
-        write_access(fields)
+        self.access_log.write(fields)  # type: ignore[union-attr]
 
     # -- the file route -------------------------------------------------------
 
@@ -248,7 +251,7 @@ class Edge:
                 (b"content-type", content_type.encode()),
                 (b"content-disposition", disposition.encode()),
                 (b"cache-control", self.edge.cache_control.encode()),
-                SANDBOX,
+                policy(content_type),
             ]
         headers += [(b"content-length", b"0"), NOSNIFF]
         await send({"type": "http.response.start", "status": decision.status, "headers": headers})
