@@ -67,8 +67,11 @@ RENDITION_FAMILIES = {
     "gateway_conversions_refused_total": "counter",
     "gateway_conversion_failures_total": "counter",
     "gateway_active_conversions": "gauge",
-    # and the revocation list's own (README, "Revocation"; issue #12)
+    "gateway_conversions_queued": "gauge",
+    "gateway_conversion_wait_seconds": "histogram",
+    # and the revocation list's and the access log's own (README, "Operations"; issues #12, #13)
     "gateway_revocation_entries": "gauge",
+    "gateway_access_log_dropped_total": "counter",
 }
 RENDITION_LABELS = {
     "gateway_conversions": {"codec", "format"},
@@ -78,6 +81,9 @@ RENDITION_LABELS = {
     "gateway_conversion_failures": {"format", "reason"},
     "gateway_active_conversions": {"format"},
     "gateway_revocation_entries": {"kind"},
+    "gateway_conversions_queued": set(),
+    "gateway_conversion_wait_seconds": {"format"},
+    "gateway_access_log_dropped": set(),
 }
 
 

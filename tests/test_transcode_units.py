@@ -30,13 +30,13 @@ from gateway.links.decision import Refusal
 from gateway.links.views import view
 from gateway.storage import StorageUnavailable
 from gateway.transcode.cache import PARTIAL_SUFFIX, OpenRenditions, RenditionCache, RenditionFile, key_lock_offset
-from gateway.transcode.convert import Rendered, TooLong, Undecodable, render
+from gateway.transcode.convert import render
 from gateway.transcode.growing import HEADER_BYTES, declared_size, follow
 from gateway.transcode.peaks import PeaksBuilder
 from gateway.transcode.pool import ProcessDied, ProcessPool
-from gateway.transcode.probe import probe
+from gateway.transcode.probe import PROBE_BYTES, probe, quick_probe
 from gateway.transcode.renditions import derived_etag
-from gateway.transcode.spec import DEFAULT_PIXELS, MAX_PIXELS, Wanted
+from gateway.transcode.spec import DEFAULT_PIXELS, MAX_PIXELS, Rendered, TooLong, Undecodable, Wanted
 
 SECONDS = 3
 RATE = 8000
@@ -737,3 +737,38 @@ def test_example_config_documents_the_transcode_section(tmp_path: Path) -> None:
     assert "[transcode]" in example.read_text()
     settings = load_settings(example, settings_env(tmp_path))
     assert settings.transcode.inline is True and settings.transcode.max_conversions >= 1
+
+
+# -- probing without FFmpeg ----------------------------------------------------------------------
+
+QUICK = {
+    "pcm.wav": ["-c:a", "pcm_s16le"], "s24.wav": ["-c:a", "pcm_s24le"], "f32.wav": ["-c:a", "pcm_f32le"],
+    "ulaw.wav": ["-c:a", "pcm_mulaw"], "alaw.wav": ["-c:a", "pcm_alaw"], "gsm.wav": ["-c:a", "gsm_ms"],
+    "ima.wav": ["-c:a", "adpcm_ima_wav"], "ms.wav": ["-c:a", "adpcm_ms"], "g726.wav": ["-c:a", "adpcm_g726", "-b:a", "32k"],
+    "call.mp3": ["-c:a", "libmp3lame"], "call.flac": ["-c:a", "flac"], "call.ogg": ["-c:a", "libvorbis"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", [*QUICK, "call.opus", "g722.wav", "call.m4a"])
+def test_the_quick_probe_agrees_with_ffmpeg_or_leaves_it_to_ffmpeg(tmp_path: Path, name: str) -> None:
+    """What PBXs write is read without FFmpeg, and read as FFmpeg reads it; the rest is left to FFmpeg."""
+    args = QUICK.get(name) or {"call.opus": ["-c:a", "libopus"], "g722.wav": ["-c:a", "g722"], "call.m4a": ["-c:a", "aac"]}[name]
+    rate = 48000 if name == "call.opus" else 16000 if name == "g722.wav" else 8000
+    head = make_audio(tmp_path / name, 1, args, rate=rate).read_bytes()[:PROBE_BYTES]
+    quick, full = quick_probe(head), probe(head, True)
+    if name in QUICK or name == "call.opus":
+        assert quick is not None and (quick.container, quick.codec, quick.playable, quick.audio) == (
+            full.container, full.codec, full.playable, full.audio
+        )  # fmt: skip
+    else:
+        assert quick is None  # G.722 and MP4 are FFmpeg's to read
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"", b"RIFF", b"RIFF\x10\x00\x00\x00WAVEfmt \x02\x00\x00\x00", b"RIFF\x00\x00\x00\x00WAVEdata" + bytes(8),
+     b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x00\x00\x40\x1f\x00\x00" + bytes(8),  # no channels
+     b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x99\x09\x01\x00\x40\x1f\x00\x00" + bytes(8)],  # unknown tag
+)  # fmt: skip
+def test_the_quick_probe_leaves_what_it_is_not_sure_of_to_ffmpeg(head: bytes) -> None:
+    assert quick_probe(head) is None

@@ -216,7 +216,9 @@ class LinkAPI:
         except Unresolved:
             raise ApiError(404, "path: no such recording", "path") from None
         except StorageUnavailable:
-            raise ApiError(503, "path: the storage cannot say now whether the recording exists; retry", "path") from None
+            raise ApiError(
+                503, "path: the storage cannot say now whether the recording exists; retry", "path"
+            ) from None
         await file.close()
 
     async def create_link(self, request: Request) -> Response:

@@ -105,6 +105,17 @@ CONVERSIONS_REFUSED = Counter(
     "Rendition requests answered 503 because conversions were at their limit, by output format.",
     ["format"],
 )
+CONVERSIONS_QUEUED = Gauge(
+    "gateway_conversions_queued",
+    "Rendition requests waiting for a conversion slot now.",
+    multiprocess_mode="livesum",
+)
+CONVERSION_WAIT = Histogram(
+    "gateway_conversion_wait_seconds",
+    "Time a rendition request waited for a conversion slot, by output format.",
+    ["format"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 ACTIVE_CONVERSIONS = Gauge(
     "gateway_active_conversions",
     "Conversions running now, by output format.",

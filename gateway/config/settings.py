@@ -133,7 +133,7 @@ class Transcode:
     )  # fmt: skip
     max_conversions: int = setting(
         "GATEWAY_TRANSCODE_MAX_CONVERSIONS", whole(1, 256), 2,
-        "conversions running at once on the host, all workers together; past it `503` with `Retry-After`",
+        "conversions running at once on the host, all workers together; past it requests wait their turn",
     )  # fmt: skip
     max_cpu_seconds: float = setting(
         "GATEWAY_TRANSCODE_MAX_CPU_SECONDS", seconds(24 * 3600), 120.0,
@@ -143,6 +143,14 @@ class Transcode:
         "GATEWAY_TRANSCODE_MAX_RENDITION_BYTES", whole(MIB, 4 * GIB - 64 * KIB), 512 * MIB,
         "largest rendition made (at most `transcode.cache_bytes`; a WAV holds at most 4 GiB); past it the "
         "recording is answered `415`",
+    )  # fmt: skip
+    queue_seconds: float = setting(
+        "GATEWAY_TRANSCODE_QUEUE_SECONDS", seconds(600), 30.0,
+        "how long a request waits for a conversion slot; past it `503` with `Retry-After`",
+    )  # fmt: skip
+    max_queued: int = setting(
+        "GATEWAY_TRANSCODE_MAX_QUEUED", whole(0, 10000), 100,
+        "requests waiting for a conversion slot in one worker at most; past it `503` at once",
     )  # fmt: skip
 
     def problem(self) -> tuple[str, str] | None:

@@ -37,6 +37,7 @@ import av
 from .cache import PARTIAL_SUFFIX, open_new
 from .peaks import PeaksBuilder, dumps
 from .probe import PROBE_BYTES
+from .spec import Rendered, TooLarge, TooLong, Undecodable
 
 # Call recordings are mono or stereo; more channels are mixed down to stereo, and a file
 # claiming more than 8, or a rate no recording has, is not one this gateway converts (a
@@ -66,29 +67,12 @@ _COUNTABLE_PREFIXES = ("pcm_", "adpcm_")
 _COUNTABLE = frozenset({"gsm", "gsm_ms", "g722", "g723_1"})
 
 
-class Undecodable(Exception):
-    """The source holds no audio the gateway can decode; str() says why, for the client."""
-
-
-class TooLong(Exception):
-    """The conversion used up its CPU time; str() says how much, for the client."""
-
-
-class TooLarge(Exception):
-    """The rendition would be larger than `transcode.max_rendition_bytes`; str() says so, for the client."""
-
-
 # The most samples (per channel) one byte of each codec can decode to: a length a container
 # declares beyond what its bytes can hold is a lie (a crafted timing table), not a count.
 # PCM is worked out from its sample size. G.726 at 16 kbit/s is 2 bits a sample; GSM 6.10
 # 160 samples in 33 bytes; G.723.1 240 in 20; the ADPCM family 4 bits.
 _SAMPLES_PER_BYTE = {"adpcm_g726": 4.0, "adpcm_g726le": 4.0, "gsm": 160 / 33, "gsm_ms": 320 / 65, "g723_1": 12.0}
 _DEFAULT_SAMPLES_PER_BYTE = 2.0
-
-@dataclass(frozen=True, slots=True)
-class Rendered:
-    codec: str  # the source's audio codec, FFmpeg's canonical name
-    seconds: float  # duration of the audio decoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +120,9 @@ def render(
         codec = context.codec.canonical_name
         rate, source_channels = context.sample_rate, context.layout.nb_channels or context.channels
         if not RATES[0] <= rate <= RATES[1] or not 1 <= source_channels <= MAX_SOURCE_CHANNELS:
-            raise Undecodable(f"its {codec} audio claims {source_channels} channels at {rate} Hz, which no recording has")
+            raise Undecodable(
+                f"its {codec} audio claims {source_channels} channels at {rate} Hz, which no recording has"
+            )
         channels = min(source_channels, MAX_CHANNELS)
         frames = _frames(container, stream, budget)
         sink = _Bounded(max_bytes)

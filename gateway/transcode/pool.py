@@ -7,10 +7,13 @@ download it was sending. It runs in a `ProcessPoolExecutor` of `size`
 processes started with `spawn` (a fork of a process running an event loop
 and threads is not safe). Conversions run at the lowest CPU priority
 (SCHED_IDLE), so the edge's processes always run first; probing, which a
-click waits for, at normal priority. A pool is made when the worker starts
-if inline renditions are on (a click should not wait for processes to
-start), otherwise at its first use; its processes then stay, with PyAV
-imported, for the next calls.
+click waits for, at normal priority. A pool is made at its first call and
+its processes start as calls need them (about half a second, PyAV's import
+included); they stay, with PyAV loaded, for the next calls, and are retired
+once the pool has been idle for `idle_seconds`, so an idle gateway holds no
+converter (each one is about 45 MiB). The functions run are named
+(`"module:function"`), not passed: the edge's process never imports them,
+and so never loads PyAV.
 
 A process that dies (a crash on a hostile file, the OOM killer) breaks its
 pool and every call running in it: the pool is replaced and those calls
@@ -31,9 +34,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
 log = logging.getLogger("gateway.transcode")
 
 
@@ -41,15 +43,21 @@ class ProcessDied(Exception):
     """The process running the call died."""
 
 
+IDLE_SECONDS = 120.0  # a pool unused this long lets its processes go
+
+
 class ProcessPool:
-    def __init__(self, name: str, size: int, idle: bool) -> None:
+    def __init__(self, name: str, size: int, idle: bool, idle_seconds: float = IDLE_SECONDS) -> None:
         self.name = name  # for the log: "conversion", "probe"
         self.size = size
         self.idle = idle  # run at SCHED_IDLE
+        self.idle_seconds = idle_seconds
         self._pool: ProcessPoolExecutor | None = None
+        self._calls = 0  # running now
+        self._retiring: asyncio.TimerHandle | None = None
 
     def start(self) -> ProcessPoolExecutor:
-        """The pool, made now if it is not there, with every process started."""
+        """The pool, made now if it is not there; its processes start as calls need them."""
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
                 max_workers=self.size,
@@ -57,26 +65,41 @@ class ProcessPool:
                 initializer=worker_started,
                 initargs=(self.idle,),
             )
-            # Start every process now, not one per call as they come.
-            for _ in range(self.size):
-                self._pool.submit(warm)
         return self._pool
 
-    async def run(self, function: Callable[..., T], *args: Any) -> T:
-        """`function(*args)` in a pool process.
+    async def run(self, target: str | Callable[..., Any], *args: Any) -> Any:
+        """`module:function` (or a module-level function, by its name) called with `args` in a pool process.
 
         A call whose process dies is made once more in a new pool: the death
         may not be its doing (the OOM killer, or another call's crash, which
         breaks every call running in the pool). Dying twice is ProcessDied.
-        `function` must be idempotent.
+        The function must be idempotent.
         """
-        for _ in range(2):
-            pool = self.start()
-            try:
-                return await asyncio.wrap_future(pool.submit(function, *args))
-            except BrokenProcessPool:
-                self._replace(pool)
-        raise ProcessDied(f"the {self.name} process died")
+        if not isinstance(target, str):
+            target = f"{target.__module__}:{target.__qualname__}"
+        self._calls += 1
+        if self._retiring is not None:
+            self._retiring.cancel()
+            self._retiring = None
+        try:
+            for _ in range(2):
+                pool = self.start()
+                try:
+                    return await asyncio.wrap_future(pool.submit(call, target, *args))
+                except BrokenProcessPool:
+                    self._replace(pool)
+            raise ProcessDied(f"the {self.name} process died")
+        finally:
+            self._calls -= 1
+            if not self._calls and self._pool is not None:
+                self._retiring = asyncio.get_running_loop().call_later(self.idle_seconds, self._retire)
+
+    def _retire(self) -> None:
+        """Idle for `idle_seconds`: let the processes go (the next call starts new ones)."""
+        self._retiring = None
+        if not self._calls and self._pool is not None:
+            log.info("the %s processes were idle for %gs: stopping them", self.name, self.idle_seconds)
+            self.close()
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         """Drop `broken` (unless another call already has): the next call starts a new pool."""
@@ -86,6 +109,9 @@ class ProcessPool:
             broken.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
+        if self._retiring is not None:
+            self._retiring.cancel()
+            self._retiring = None
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
@@ -127,11 +153,7 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)
 
 
-def warm() -> int:
-    """Start a process and load the converter (PyAV) in it before a request needs it.
-
-    Here rather than in `convert`, so that starting the pool does not load
-    PyAV into the edge's own process.
-    """
-    importlib.import_module(f"{__package__}.convert")
-    return os.getpid()
+def call(target: str, *args: Any) -> Any:
+    """Run `module:function` (imported here, in the pool process) with `args`."""
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)(*args)

@@ -13,7 +13,10 @@ files that need no conversion.
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
+
+from .sniff import FLAC, MP3, OGG, OPUS, sniff
 
 PROBE_BYTES = 256 * 1024
 
@@ -57,6 +60,59 @@ class Probe:
     def playable(self) -> bool:
         """Whether browsers play the file as it is."""
         return self.audio and self.codec in PLAYABLE.get(self.container or "", ())
+
+
+# WAV format tags read here without FFmpeg: the PCM family browsers play, and the telephony
+# codecs the gateway converts, by FFmpeg's names. Any other tag goes to FFmpeg's demuxer.
+_WAV_PCM_BITS = {8: "pcm_u8", 16: "pcm_s16le", 24: "pcm_s24le", 32: "pcm_s32le"}
+_WAV_TAGS = {0x0002: "adpcm_ms", 0x0006: "pcm_alaw", 0x0007: "pcm_mulaw", 0x0011: "adpcm_ima_wav", 0x0031: "gsm_ms",
+             0x0045: "adpcm_g726", 0x0064: "adpcm_g726"}  # fmt: skip
+_EXTENSIBLE = 0xFFFE
+
+
+def quick_probe(head: bytes) -> Probe | None:
+    """What a WAV, MP3, FLAC or Ogg Opus/Vorbis head holds, read in Python; None to ask FFmpeg.
+
+    These are what PBXs write, and their headers say it in a few bytes:
+    reading them here needs no process and no FFmpeg (a click on a WAV
+    waits for neither). Only answers that are certain: anything unusual is
+    left to FFmpeg's demuxers, in their own process.
+    """
+    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return _wav(head)
+    found = sniff(head)
+    if found in (MP3, FLAC):
+        return Probe(found.format, found.format, False, None, False)
+    if found is OPUS or (found is OGG and b"\x01vorbis" in head[:4096]):
+        return Probe("ogg", "opus" if found is OPUS else "vorbis", False, None, False)
+    return None
+
+
+def _wav(head: bytes) -> Probe | None:
+    """The codec of a WAV whose `fmt ` chunk and first audio bytes are in `head`, else None."""
+    codec = None
+    at = 12
+    while at + 8 <= len(head):
+        kind, size = head[at : at + 4], int.from_bytes(head[at + 4 : at + 8], "little")
+        if kind == b"fmt ":
+            if size < 16 or at + 8 + 16 > len(head):
+                return None
+            tag, channels, rate = struct.unpack_from("<HHI", head, at + 8)
+            bits = struct.unpack_from("<H", head, at + 22)[0]
+            if tag == _EXTENSIBLE and size >= 40 and at + 8 + 26 <= len(head):
+                tag = struct.unpack_from("<H", head, at + 8 + 24)[0]  # the sub-format GUID starts with the tag
+            if not channels or not rate:
+                return None
+            codec = (
+                _WAV_PCM_BITS.get(bits) if tag == 1 else "pcm_f32le" if (tag, bits) == (3, 32) else _WAV_TAGS.get(tag)
+            )
+            if codec is None:
+                return None
+        elif kind == b"data":
+            # Audio must follow: a bare header, or a data chunk before its format, is FFmpeg's to judge.
+            return Probe("wav", codec, False, None, False) if codec and size and at + 8 < len(head) else None
+        at += 8 + size + (size & 1)  # chunks are padded to an even size
+    return None
 
 
 def probe(head: bytes, complete: bool) -> Probe:

@@ -44,7 +44,9 @@ from ..common.metrics import (
     ACTIVE_CONVERSIONS,
     CONVERSION_DURATION,
     CONVERSION_FAILURES,
+    CONVERSION_WAIT,
     CONVERSIONS,
+    CONVERSIONS_QUEUED,
     CONVERSIONS_REFUSED,
     RENDITION_CACHE,
     child,
@@ -53,16 +55,20 @@ from ..storage import StorageUnavailable, StoredFile
 from .cache import OpenRenditions, RenditionCache, RenditionFile, create
 from .growing import follow
 from .pool import ProcessDied, ProcessPool
-from .probe import PROBE_BYTES, Probe, probe
-from .spec import INLINE_FORMAT, Refused, Wanted
+from .probe import PROBE_BYTES, Probe, quick_probe
+from .spec import INLINE_FORMAT, Refused, TooLarge, TooLong, Undecodable, Wanted
 
 log = logging.getLogger("gateway.transcode")
 
 RETRY_AFTER = 5  # seconds, with 503 when conversions are at their limit
 KEY_WAIT_SECONDS = 600.0  # longest wait for another process converting the same rendition
 KEY_POLL_SECONDS = 0.05
+SLOT_POLL_SECONDS = 0.02  # slots are byte-range locks of every process of the host: looked at, not waited on
 REMEMBERED = 4096  # probes and undecodable sources remembered per worker
 STREAMED = INLINE_FORMAT  # the rendition whose size is known before it is made (PCM WAV): sent as it grows
+# Run in the pool processes, by name: the edge's process never imports PyAV.
+PROBE = "gateway.transcode.probe:probe"
+RENDER = "gateway.transcode.convert:render"
 _ORIGINAL_STILL_THERE = "the original is still available without format or peaks"
 
 
@@ -91,6 +97,8 @@ class Renditions:
         max_conversions: int,
         max_cpu_seconds: float,
         max_rendition_bytes: int,
+        queue_seconds: float,
+        max_queued: int,
         inline: bool,
         chunk_size: int,
         converting: bool = True,
@@ -98,6 +106,9 @@ class Renditions:
         self.inline = inline  # inline links to audio browsers cannot play get the PCM WAV rendition
         self.max_cpu_seconds = max_cpu_seconds
         self.max_rendition_bytes = max_rendition_bytes
+        self.queue_seconds = queue_seconds
+        self.max_queued = max_queued
+        self._queued = 0
         self.converting = converting
         self.chunk = chunk_size
         self.cache = RenditionCache(cache_dir, cache_bytes, max_conversions, chunk_size)
@@ -109,14 +120,9 @@ class Renditions:
         self._running: dict[str, asyncio.Future[None]] = {}
 
     async def start(self) -> None:
-        if not self.converting:
-            return  # probing only: its process starts with the first probe
-        await asyncio.to_thread(self.cache.prepare)
-        if self.inline:
-            # Inline renditions are what a click waits for: start the processes
-            # now rather than with the first one (most of a second).
-            self.prober.start()
-            self.converter.start()
+        """Ready the cache (the edge); the pools start their processes with their first calls."""
+        if self.converting:
+            await asyncio.to_thread(self.cache.prepare)
 
     async def aclose(self) -> None:
         self.converter.close()
@@ -162,7 +168,9 @@ class Renditions:
             head = b"".join(parts)
         complete = len(head) >= file.size
         try:
-            found = await self.prober.run(probe, head, complete)
+            # The containers PBXs write say what they hold in a few bytes: read here. FFmpeg's
+            # demuxers (in a process of their own) only for the rest.
+            found = quick_probe(head) or await self.prober.run(PROBE, head, complete)
         except Exception as exc:  # the process died, or the file made probing fail: remembered, not tried again
             log.error("probing the file with etag %s failed: %r", file.etag, exc)
             found = Probe(None, None, False, "not a recording the gateway can read (probing it failed)", True)
@@ -210,8 +218,6 @@ class Renditions:
 
     async def _convert(self, key: str, file: StoredFile, wants: Wanted) -> None:
         """Make rendition `key` unless another process does: then wait for it (no slot needed)."""
-        from .convert import TooLarge, TooLong, Undecodable, render  # PyAV: with the first conversion, not at start
-
         loop = asyncio.get_running_loop()
         deadline = loop.time() + KEY_WAIT_SECONDS
         while not self.cache.try_key(key):
@@ -221,17 +227,14 @@ class Renditions:
         try:
             if await loop.run_in_executor(None, self.cache.exists, key):
                 return  # another worker made it while this one waited for the lock
-            slot = self.cache.try_slot()
-            if slot is None:
-                child(CONVERSIONS_REFUSED, wants.kind).inc()
-                raise Refused(503, "busy", "too many conversions are running; retry shortly", RETRY_AFTER)
+            slot = await self._slot(wants)
             active = child(ACTIVE_CONVERSIONS, wants.kind)
             active.inc()
             started = time.perf_counter()
             try:
                 await self._copy(file, self.cache.source_path(key))
                 rendered = await self.converter.run(
-                    render,
+                    RENDER,
                     self.cache.source_path(key),
                     self.cache.output_path(key),
                     wants.kind,
@@ -276,6 +279,37 @@ class Renditions:
             )  # fmt: skip
         finally:
             self.cache.release_key(key)
+
+    async def _slot(self, wants: Wanted) -> int:
+        """One of the host's conversion slots, waited for in a bounded queue until a deadline.
+
+        A page of twenty new calls (each `<audio preload=metadata>` asks at
+        once) must load them all: a browser never retries a media element
+        that got `503`. Conversions take well under a second each, so the
+        request waits its turn; only past `queue_seconds`, or with
+        `max_queued` already waiting in this worker, is it `503`.
+        """
+        slot = self.cache.try_slot()
+        if slot is not None:
+            return slot
+        if self._queued >= self.max_queued:
+            child(CONVERSIONS_REFUSED, wants.kind).inc()
+            raise Refused(503, "busy", "too many conversions are waiting; retry shortly", RETRY_AFTER)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        self._queued += 1
+        CONVERSIONS_QUEUED.inc()
+        try:
+            while (slot := self.cache.try_slot()) is None:
+                if loop.time() - began > self.queue_seconds:
+                    child(CONVERSIONS_REFUSED, wants.kind).inc()
+                    raise Refused(503, "busy", "too many conversions are running; retry shortly", RETRY_AFTER)
+                await asyncio.sleep(SLOT_POLL_SECONDS)
+        finally:
+            self._queued -= 1
+            CONVERSIONS_QUEUED.dec()
+            child(CONVERSION_WAIT, wants.kind).observe(loop.time() - began)
+        return slot
 
     async def _copy(self, file: StoredFile, target: str) -> None:
         """The source's bytes into a private file the converter reads (from any storage)."""

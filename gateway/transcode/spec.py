@@ -34,6 +34,28 @@ class Refused(Exception):
         self.retry_after = retry_after
 
 
+# What a conversion answers (made in a pool process, unpickled in the edge's: defined here,
+# with nothing heavy imported, so that an answer never loads PyAV into an edge worker).
+
+
+class Undecodable(Exception):
+    """The source holds no audio the gateway can decode; str() says why, for the client."""
+
+
+class TooLong(Exception):
+    """The conversion used up its CPU time; str() says how much, for the client."""
+
+
+class TooLarge(Exception):
+    """The rendition would be larger than `transcode.max_rendition_bytes`; str() says so, for the client."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    codec: str  # the source's audio codec, FFmpeg's canonical name
+    seconds: float  # duration of the audio decoded
+
+
 @dataclass(frozen=True, slots=True)
 class Wanted:
     """A rendition to serve: `kind` is a key of FORMATS or PEAKS.

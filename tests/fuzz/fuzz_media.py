@@ -39,8 +39,9 @@ import atheris
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 with atheris.instrument_imports():
-    from gateway.transcode.convert import TooLarge, TooLong, Undecodable, render
+    from gateway.transcode.convert import render
     from gateway.transcode.probe import Probe, probe
+    from gateway.transcode.spec import TooLarge, TooLong, Undecodable
 
 import av
 
