@@ -158,6 +158,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.pipeline and self.cycle is not None and self.cycle.response_complete:
-            if not self.transport.is_closing():
-                self._waiting[self] = None  # idle between requests: uvicorn's keep-alive timer runs
+        idle = not self.pipeline and self.cycle is not None and self.cycle.response_complete
+        if idle and not self.transport.is_closing():
+            self._waiting[self] = None  # idle between requests: uvicorn's keep-alive timer runs

@@ -171,7 +171,7 @@ class Renditions:
             # The containers PBXs write say what they hold in a few bytes: read here. FFmpeg's
             # demuxers (in a process of their own) only for the rest.
             found = quick_probe(head) or await self.prober.run(PROBE, head, complete)
-        except Exception as exc:  # the process died, or the file made probing fail: remembered, not tried again
+        except Exception as exc:  # noqa: BLE001 - the process died, or the file broke probing: remembered
             log.error("probing the file with etag %s failed: %r", file.etag, exc)
             found = Probe(None, None, False, "not a recording the gateway can read (probing it failed)", True)
         self._probes.put(version, found)
@@ -264,7 +264,7 @@ class Renditions:
                 raise Refused(503, "cache", "the rendition cannot be made now; retry later", RETRY_AFTER) from None
             except StorageUnavailable:  # the source could not be read: the storage's failure, answered as such
                 raise
-            except Exception:  # whatever else a file's content makes the converter raise: its answer is 415
+            except Exception:  # noqa: BLE001 - whatever else a file makes the converter raise: 415
                 log.exception("rendition=%s: the converter failed on the recording", key[:8])
                 known = ("undecodable", "not a recording the gateway can convert")
                 self._unconvertible.put(key, known)
