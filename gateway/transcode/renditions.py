@@ -264,7 +264,7 @@ class Renditions:
                 raise Refused(503, "cache", "the rendition cannot be made now; retry later", RETRY_AFTER) from None
             except StorageUnavailable:  # the source could not be read: the storage's failure, answered as such
                 raise
-            except Exception:  # noqa: BLE001 - whatever else a file makes the converter raise: 415
+            except Exception:  # whatever else a file makes the converter raise (logged): 415
                 log.exception("rendition=%s: the converter failed on the recording", key[:8])
                 known = ("undecodable", "not a recording the gateway can convert")
                 self._unconvertible.put(key, known)
