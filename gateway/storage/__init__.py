@@ -7,7 +7,7 @@ decided to send.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 
@@ -33,8 +33,13 @@ class StoredFile(Protocol):
     etag: str  # a strong validator, quoted as HTTP sends it
     whole: bytes | None  # the content, when it is already in memory (a small file)
 
-    def iter_bytes(self, start: int, stop: int) -> AsyncIterator[bytes]:
-        """Bytes [start, stop) in bounded chunks; raises StorageUnavailable if cut short."""
+    def iter_bytes(self, start: int, stop: int, pace: Callable[[], int] | None = None) -> AsyncIterator[bytes]:
+        """Bytes [start, stop) in bounded chunks; raises StorageUnavailable if cut short.
+
+        `pace()`, when given, says how many bytes to read next (the sender
+        keeps reads small for a slow client, large for a fast one); without
+        it, the storage's chunk size.
+        """
         ...
 
     async def close(self) -> None: ...

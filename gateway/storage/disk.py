@@ -15,7 +15,7 @@ import asyncio
 import errno
 import os
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -55,7 +55,7 @@ class DiskFile:
         self._chunk = chunk
         self.real = real  # where the opened file really is, relative to the root (for nginx offload)
 
-    async def iter_bytes(self, start: int, stop: int) -> AsyncIterator[bytes]:
+    async def iter_bytes(self, start: int, stop: int, pace: Callable[[], int] | None = None) -> AsyncIterator[bytes]:
         if self.whole is not None:
             yield self.whole if (start, stop) == (0, self.size) else self.whole[start:stop]
             return
@@ -65,7 +65,8 @@ class DiskFile:
         while start < stop:
             # Read only when the previous chunk has been taken by the socket: reading
             # ahead would hold a third chunk per slow download (measured: 3.1 vs 2.1).
-            reading = loop.run_in_executor(None, os.pread, fd, min(chunk, stop - start), start)
+            size = min(pace() if pace is not None else chunk, stop - start)
+            reading = loop.run_in_executor(None, os.pread, fd, size, start)
             try:
                 data = await reading
             except asyncio.CancelledError:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import aioboto3
@@ -73,7 +73,7 @@ class S3Object:
         self._storage = storage
         self._key = key
 
-    async def iter_bytes(self, start: int, stop: int) -> AsyncIterator[bytes]:
+    async def iter_bytes(self, start: int, stop: int, pace: Callable[[], int] | None = None) -> AsyncIterator[bytes]:
         if start >= stop:
             return
         storage = self._storage
@@ -92,7 +92,7 @@ class S3Object:
         try:
             while start < stop:
                 try:
-                    data = await body.read(min(storage.chunk, stop - start))
+                    data = await body.read(min(pace() if pace is not None else storage.chunk, stop - start))
                 except _FAILURES as exc:
                     raise _failure(exc) from None
                 if not data:
