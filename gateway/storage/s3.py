@@ -88,6 +88,11 @@ class S3Object:
                 storage.forget(self._key)  # replaced or gone since the lookup: look again next time
             raise _failure(exc) from None
         body = response["Body"]
+        if response.get("ETag") not in (None, self.etag):
+            # An S3-compatible store that ignores If-Match: never mix two versions in one response.
+            body.close()
+            storage.forget(self._key)
+            raise StorageUnavailable("changed", f"S3 answered ETag {response.get('ETag')} for {self.etag}")
         complete = False
         try:
             while start < stop:
@@ -115,6 +120,7 @@ class S3Object:
 _LOOKUP_POOL = 16  # HEADs are short: a few connections serve many requests
 _READY_SECONDS = 5.0  # a bucket's HEAD for /readyz is remembered this long
 _FOUND_ENTRIES = 10000  # objects whose lookup is remembered (s3.cache_seconds)
+_BUCKET_SECONDS = 30.0  # that the bucket answers is remembered this long (a 404 is believed meanwhile)
 
 
 class S3Storage:
@@ -133,6 +139,8 @@ class S3Storage:
         self._deadline = (client.connect_timeout + client.read_timeout) * client.max_attempts
         self._stack = contextlib.AsyncExitStack()
         self._ready: tuple[float, bool] = (0.0, False)
+        # When the bucket was last asked for, and what was wrong with it then (None: it answered).
+        self._bucket: tuple[float, StorageUnavailable | None] = (-_BUCKET_SECONDS, None)
         self._found: LruCache[str, S3Object] = LruCache(_FOUND_ENTRIES, seconds=client.cache_seconds)
         self.lookups: Any = None  # set by start()
         self.streams: Any = None
@@ -181,6 +189,7 @@ class S3Storage:
             head = await self.bounded(self.lookups.head_object(Bucket=self.bucket, Key=key))
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in _MISSING_CODES:
+                await self._bucket_answers()
                 raise NotFound("not_found") from None
             raise _failure(exc) from None
         except _FAILURES as exc:
@@ -201,6 +210,23 @@ class S3Storage:
             },
             ExpiresIn=self.redirect_seconds,
         )
+
+    async def _bucket_answers(self) -> None:
+        """A HEAD of a key answers 404 alike for a missing key, a missing bucket and a wrong endpoint
+        path: before a 404 is believed, the bucket must answer (what it said is remembered a while)."""
+        checked_at, problem = self._bucket
+        now = time.monotonic()
+        if now - checked_at >= _BUCKET_SECONDS:
+            try:
+                await self.bounded(self.lookups.head_bucket(Bucket=self.bucket))
+                problem = None
+            except ClientError as exc:  # 404 (no such bucket, or not this endpoint), 403: not there for us
+                problem = _failure(exc)
+            except _FAILURES as exc:  # the store itself failing: not remembered
+                raise _failure(exc) from None
+            self._bucket = (now, problem)
+        if problem is not None:
+            raise StorageUnavailable(problem.kind, f"the bucket {self.bucket} does not answer: {problem}")
 
     async def ready(self) -> bool:
         """HEAD on the bucket, remembered for a few seconds so probes stay cheap."""
