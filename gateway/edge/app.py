@@ -23,16 +23,7 @@ from functools import lru_cache
 from starlette.applications import Starlette
 
 from ..common.media import media_type
-from ..common.metrics import (
-    ACTIVE_STREAMS,
-    DURATION,
-    REJECTED,
-    REQUESTS,
-    RESPONSE_BYTES,
-    STORAGE_ERRORS,
-    child,
-    worker_exiting,
-)
+from ..common.metrics import ACTIVE_STREAMS, STORAGE_ERRORS, RequestTally, child, worker_exiting
 from ..config import Settings, load_settings
 from ..http.asgi import Message, Receive, Scope, Send
 from ..http.forwarded import client_address, parse_networks
@@ -60,7 +51,7 @@ QUERY_TOO_LONG = Refusal(414, "query", f"query string longer than {MAX_QUERY_BYT
 class Exchange:
     """What one edge request did, for its metrics and its access-log line."""
 
-    __slots__ = ("backend", "began", "bytes", "detail", "method", "reason", "started", "status")
+    __slots__ = ("backend", "began", "bytes", "detail", "method", "reason", "rejected", "started", "status")
 
     def __init__(self, method: str) -> None:
         self.method = method
@@ -70,6 +61,7 @@ class Exchange:
         self.backend = "none"
         self.reason = ""
         self.detail = ""
+        self.rejected = False  # a refused link (gateway_rejected_total), not a view or a storage failure
         self.began = time.perf_counter()
 
 
@@ -85,6 +77,7 @@ class Edge:
         self.representation = lru_cache(maxsize=4096)(self._representation)
         self.trusted_proxies = parse_networks(settings.edge.trusted_proxies)
         self.access_log = AccessLog() if settings.edge.access_log else None
+        self.tally = RequestTally()
         self.drain = Drain()
         self.control = control_app(services.storages, self.drain, self._lifespan, serve_metrics)
         self._control_paths = {route.path for route in self.control.routes}  # type: ignore[attr-defined]
@@ -99,6 +92,7 @@ class Edge:
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         async with self.services.running() as stack:
             stack.callback(worker_exiting)
+            stack.callback(self.tally.flush)  # before the worker says it is gone: nothing counted is lost
             if self.access_log is not None:
                 stack.callback(self.access_log.close)  # after the drain: every line is written
             self.drain.watch_signals()
@@ -131,10 +125,9 @@ class Edge:
             await self.serve(scope, headers, receive, measured_send, exchange)
         finally:
             duration = time.perf_counter() - exchange.began
-            child(REQUESTS, exchange.method, str(exchange.status)).inc()
-            child(DURATION, exchange.method).observe(duration)
-            if exchange.bytes:
-                child(RESPONSE_BYTES, exchange.backend).inc(exchange.bytes)
+            self.tally.request(exchange.method, exchange.status, duration, exchange.backend, exchange.bytes)
+            if exchange.reason and exchange.rejected:
+                self.tally.rejected(exchange.reason)
             if self.access_log is not None:
                 self._log_access(scope, headers, exchange, duration)
 
@@ -260,9 +253,7 @@ class Edge:
 
 async def _refuse(send: Send, exchange: Exchange, refusal: Refusal) -> None:
     """Refuse: the reason goes to the log (token cut to 8) and the metric, never to the client."""
-    if refusal.of_link:
-        child(REJECTED, refusal.reason).inc()
-    exchange.reason, exchange.detail = refusal.reason, refusal.detail
+    exchange.reason, exchange.detail, exchange.rejected = refusal.reason, refusal.detail, refusal.of_link
     if refusal.message is not None:
         await send_reply(send, explained(refusal.status, refusal.message, refusal.retry_after))
     else:
