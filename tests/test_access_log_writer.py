@@ -23,7 +23,7 @@ def test_two_writers_on_one_pipe_never_interleave_a_line(tmp_path: Path) -> None
     writers = [AccessLog(writing), AccessLog(writing)]
     for number in range(3000):
         for which, writer in enumerate(writers):
-            writer.write({"writer": which, "n": number, "pad": "x" * (number % 700)})
+            writer.write({"time": writer.stamp(), "writer": which, "n": number, "pad": "x" * (number % 700)})
     for writer in writers:
         writer.close()
     os.close(writing)
@@ -37,14 +37,14 @@ def test_two_writers_on_one_pipe_never_interleave_a_line(tmp_path: Path) -> None
 
 def test_a_blocked_output_never_stalls_the_caller_and_drops_are_counted() -> None:
     reading, writing = os.pipe()  # nobody reads: the writer thread blocks once the pipe is full
-    writer = AccessLog(writing, max_buffered=64 * 1024)
+    writer = AccessLog(writing, max_buffered=256)
     before = ACCESS_LOG_DROPPED._value.get()
     try:
         done = threading.Event()
 
         def flood() -> None:
             for number in range(20000):
-                writer.write({"n": number, "pad": "y" * 200})
+                writer.write({"time": writer.stamp(), "n": number, "pad": "y" * 200})
             done.set()
 
         thread = threading.Thread(target=flood)

@@ -8,7 +8,7 @@ line (msgspec, about a microsecond) and appends it to a buffer; a thread
 writes the buffer out about ten times a second, or sooner when it fills.
 Python's `logging` (a record, a formatter, a flushed write per request)
 cost about a third of the small-file request rate. A slow or blocked sink
-never stalls a request: the buffer is bounded, and what does not fit is
+never stalls a request: the buffer is bounded (in lines), and what does not fit is
 dropped, counted (`gateway_access_log_dropped_total`) and said once on
 stderr. What is buffered is written at shutdown (after the drain, and at
 exit), so SIGTERM loses no line.
@@ -17,6 +17,8 @@ exit), so SIGTERM loses no line.
 from __future__ import annotations
 
 import atexit
+import collections
+import contextlib
 import logging
 import os
 import select
@@ -30,21 +32,21 @@ from ..common.metrics import ACCESS_LOG_DROPPED
 
 log = logging.getLogger("gateway.access")
 FLUSH_SECONDS = 0.1
-FLUSH_BYTES = 64 * 1024
-MAX_BUFFERED_BYTES = 4 * 1024 * 1024
+FLUSH_LINES = 256  # the writer is woken early once this many lines wait
+MAX_BUFFERED_LINES = 16384  # a few MiB: past it, lines are dropped
 
 
 class AccessLog:
     """Lines buffered in memory and written by a thread of their own."""
 
-    def __init__(self, fd: int = 1, max_buffered: int = MAX_BUFFERED_BYTES) -> None:
+    def __init__(self, fd: int = 1, max_buffered: int = MAX_BUFFERED_LINES) -> None:
         self.fd = fd
         self.max_buffered = max_buffered
         self._encode = msgspec.json.Encoder().encode
-        self._lines: list[bytes] = []
-        self._buffered = 0
+        # deque's append, popleft and len are atomic: the request path takes no lock.
+        self._lines: collections.deque[bytes] = collections.deque()
         self._dropped = 0
-        self._wake = threading.Condition(threading.Lock())
+        self._full = threading.Event()
         self._closed = False
         self._second = -1
         self._stamp = ""
@@ -52,21 +54,23 @@ class AccessLog:
         self._thread.start()
         atexit.register(self.close)
 
-    def write(self, fields: dict[str, Any]) -> None:
-        """Buffer one line; `time` is added here, in UTC with milliseconds."""
+    def stamp(self) -> str:
+        """Now, in UTC with milliseconds, as the line's `time` (strftime once a second, not once a line)."""
         now = time.time()
         second = int(now)
-        if second != self._second:  # strftime once a second, not once a request
+        if second != self._second:
             self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        line = self._encode({"time": f"{self._stamp}.{int(now % 1 * 1000):03d}Z", **fields}) + b"\n"
-        with self._wake:
-            if self._buffered + len(line) > self.max_buffered:
-                self._drop()
-                return
-            self._lines.append(line)
-            self._buffered += len(line)
-            if self._buffered >= FLUSH_BYTES:
-                self._wake.notify()
+        return f"{self._stamp}.{int(now % 1 * 1000):03d}Z"
+
+    def write(self, fields: dict[str, Any]) -> None:
+        """Buffer one line (`fields` should start with `time`: see `stamp`)."""
+        waiting = len(self._lines)
+        if waiting >= self.max_buffered:
+            self._drop()
+            return
+        self._lines.append(self._encode(fields) + b"\n")
+        if waiting == FLUSH_LINES:
+            self._full.set()
 
     def _drop(self) -> None:
         ACCESS_LOG_DROPPED.inc()
@@ -75,15 +79,18 @@ class AccessLog:
             log.warning("access log: the output does not keep up; lines are dropped (gateway_access_log_dropped_total)")
 
     def _run(self) -> None:
-        while True:
-            with self._wake:
-                if not self._lines and not self._closed:
-                    self._wake.wait(FLUSH_SECONDS)
-                lines, self._lines, self._buffered = self._lines, [], 0
-                closed = self._closed
-            self._write(lines)
-            if closed:
-                return
+        while not self._closed:
+            self._full.wait(FLUSH_SECONDS)
+            self._full.clear()
+            self._write(self._take())
+        self._write(self._take())
+
+    def _take(self) -> list[bytes]:
+        lines = []
+        with contextlib.suppress(IndexError):
+            while True:
+                lines.append(self._lines.popleft())
+        return lines
 
     def _write(self, lines: list[bytes]) -> None:
         """Whole lines, at most PIPE_BUF bytes a write: on a pipe (a container's stdout) a write
@@ -105,18 +112,11 @@ class AccessLog:
         while view:
             view = view[os.write(self.fd, view) :]
 
-    def flush(self) -> None:
-        """Write what is buffered now, from the calling thread (the writer may be writing too)."""
-        with self._wake:
-            lines, self._lines, self._buffered = self._lines, [], 0
-        self._write(lines)
-
     def close(self) -> None:
         """Write everything buffered and stop the thread (idempotent)."""
-        with self._wake:
-            if self._closed:
-                return
-            self._closed = True
-            self._wake.notify()
+        if self._closed:
+            return
+        self._closed = True
+        self._full.set()
         self._thread.join(timeout=5)
-        self.flush()
+        self._write(self._take())  # whatever came after the thread's last look

@@ -134,6 +134,7 @@ class Edge:
     def _log_access(self, scope: Scope, headers: Mapping[bytes, bytes], exchange: Exchange, duration: float) -> None:
         client = scope.get("client")
         fields: dict[str, object] = {
+            "time": self.access_log.stamp(),  # type: ignore[union-attr]
             "method": scope["method"],
             "status": exchange.status,
             "bytes": exchange.bytes,
