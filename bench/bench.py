@@ -36,7 +36,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -607,14 +607,20 @@ def scenarios(connections: int) -> list[Scenario]:
     ]
 
 
-def measure_one(args: argparse.Namespace, server: Server, scenario: Scenario) -> WrkResult:
-    """Warm up, then the measured run."""
+def measure_one(
+    args: argparse.Namespace,
+    server: Server,
+    scenario: Scenario,
+    during: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
+) -> WrkResult:
+    """Warm up, then the measured run; `during()` wraps the measured run alone (e.g. to count CPU time)."""
     url = server.url(scenario.file)
     if args.warmup > 0:
         print(f"  {scenario.label}: {server.name} warm-up {args.warmup:g}s", flush=True)
         run_wrk(args.wrk, url, scenario, args.warmup)
     print(f"  {scenario.label}: {server.name} {args.duration:g}s", flush=True)
-    return run_wrk(args.wrk, url, scenario, args.duration)
+    with during():
+        return run_wrk(args.wrk, url, scenario, args.duration)
 
 
 def measure(args: argparse.Namespace, nginx: Server, gateway: Server) -> tuple[list[Row], dict[str, dict[str, int]]]:

@@ -61,6 +61,7 @@ SMALL_NAME, SMALL_SIZE = "small-64k.mp3", 64 * KIB
 BIG_NAME, BIG_SIZE = "big-8m.ogg", 8 * MIB
 RESULTS_FILE = Path(__file__).resolve().parent / "results" / "load-latest.json"
 SLOW_RECEIVE_BUFFER = 32 * KIB
+SLOW_RATE = 256 * KIB  # bytes/s per slow download: about 32 s for the 8 MiB file
 
 
 # -- memory ---------------------------------------------------------------------
@@ -267,7 +268,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", default="5s", help="wrk's socket timeout; a timeout counts as an error")
     parser.add_argument("--slow", type=int, default=0, metavar="N", help="N slow downloads of the 8 MiB file meanwhile")
     parser.add_argument(
-        "--slow-rate", type=int, default=256 * KIB, metavar="BYTES", help="bytes/s per slow download (default 262144)"
+        "--slow-rate",
+        type=int,
+        default=SLOW_RATE,
+        metavar="BYTES",
+        help=f"bytes/s per slow download (default {SLOW_RATE})",
     )
     parser.add_argument("--no-access-log", action="store_true", help="GATEWAY_ACCESS_LOG=false (default: on)")
     parser.add_argument("--output", type=Path, default=RESULTS_FILE, help=f"JSON results (default {RESULTS_FILE})")
