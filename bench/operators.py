@@ -50,6 +50,7 @@ import datetime
 import functools
 import hashlib
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -308,9 +309,32 @@ def wait_quiet(servers: Sequence[Server], timeout: float = 30.0, window: float =
     return time.monotonic() - started
 
 
+def host_busy_seconds() -> float:
+    """CPU time the whole host has spent busy (all CPUs, every process and the kernel), from /proc/stat."""
+    ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = ticks[3] + ticks[4]  # idle, iowait; guest time is already counted in user
+    return (sum(ticks) - idle) / CLOCK_TICKS
+
+
+def own_seconds() -> float:
+    """CPU time of this script's tree: itself, its threads, the servers it started, its children reaped (wrk)."""
+    seconds = 0.0
+    for pid in tree(os.getpid()):
+        with contextlib.suppress(OSError):
+            seconds += cpu_seconds(pid)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return seconds + children.ru_utime + children.ru_stime
+
+
 @contextlib.contextmanager
 def cpu_meter(servers: Mapping[str, Server], into: dict[str, float]) -> Iterator[None]:
-    """CPU seconds each server's tree (and each gateway worker) used in the block, into `into`."""
+    """CPU seconds each server's tree (and each gateway worker) used in the block, into `into`.
+
+    Also wrk's (a child reaped in the block) and `others`: what processes
+    outside this bench used meanwhile. On a 2-core host every CPU-second
+    someone else takes is missing from the figures; a run with others busy
+    is a run to repeat.
+    """
 
     def snapshot() -> dict[str, dict[int, float]]:
         taken: dict[str, dict[int, float]] = {}
@@ -321,9 +345,14 @@ def cpu_meter(servers: Mapping[str, Server], into: dict[str, float]) -> Iterator
                     taken[name][pid] = cpu_seconds(pid)
         return taken
 
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    host, own = host_busy_seconds(), own_seconds()
     before = snapshot()
     yield
     after = snapshot()
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    into["wrk"] = round(reaped.ru_utime + reaped.ru_stime - children.ru_utime - children.ru_stime, 2)
+    into["others"] = round(max(0.0, host_busy_seconds() - host - (own_seconds() - own)), 2)
     for name, server in servers.items():
         used = {pid: seconds - before[name].get(pid, 0.0) for pid, seconds in after[name].items()}
         into[name] = round(sum(used.values()), 2)
@@ -552,6 +581,7 @@ FRONT_TARGETS: dict[str, dict[str, float | None]] = {
     "proxy": {"small": None, "large": 0.50},
 }
 LOG_COST_TARGET = 0.90  # the gateway's rate with its access log on, against off
+OTHERS_WARNING = 0.05  # share of the host's CPU others may take during a run before the report warns
 
 
 @dataclass
@@ -762,10 +792,9 @@ def print_processes(title: str, found: list[Proc]) -> None:
 
 
 def print_runs(runs: Mapping[tuple[str, bool, str], Run | str]) -> None:
-    print("\nruns: latency, errors, CPU seconds used by each tree during the measured run")
-    for run in runs.values():
-        if isinstance(run, str):
-            continue
+    print("\nruns: latency, errors, CPU seconds used during the measured run (others: processes outside the bench)")
+    measured = [run for run in runs.values() if isinstance(run, Run)]
+    for run in measured:
         result = run.result
         p50 = result.latency_percentiles_s.get("p50")
         p99 = result.latency_percentiles_s.get("p99")
@@ -775,6 +804,21 @@ def print_runs(runs: Mapping[tuple[str, bool, str], Run | str]) -> None:
         print(
             f"  {run.scenario:<5} {run.route:<34} {result.requests:>8} requests  {latency:<28} cpu: {cpu}  [{status}]"
         )
+
+
+def others_shares(runs: Mapping[tuple[str, bool, str], Run | str], duration: float) -> list[float]:
+    """Per measured run, the share of the host's CPU that processes outside the bench took."""
+    capacity = duration * (os.cpu_count() or 1)
+    return [run.cpu_s.get("others", 0.0) / capacity for run in runs.values() if isinstance(run, Run)]
+
+
+def print_host(shares: Sequence[float], whole_run: float) -> None:
+    print(f"\nother processes took {whole_run:.0%} of the host's CPU over the whole run", end="")
+    if shares:
+        print(f", {sum(shares) / len(shares):.0%} during the wrk runs (at most {max(shares):.0%} in one)", end="")
+    print()
+    if whole_run > OTHERS_WARNING or (shares and max(shares) > OTHERS_WARNING):
+        print("WARNING: the host was not idle: the figures are lower than it can do; run again on an idle host")
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -848,6 +892,8 @@ def make_files(storage: Path, sections: set[str]) -> dict[str, str]:
 
 def run(args: argparse.Namespace, bench: Bench) -> int:
     sections: set[str] = args.sections
+    started = time.monotonic()
+    host, own = host_busy_seconds(), own_seconds()
     print(f"writing test files under {bench.storage}", flush=True)
     digests = make_files(bench.storage, sections)
     report: dict[str, object] = {
@@ -944,6 +990,16 @@ def run(args: argparse.Namespace, bench: Bench) -> int:
         print_table("LOGS ON (nginx and gateway access logs written to files; renditions on)", on_rows)
     if off_rows:
         print_table("LOGS OFF (nginx access_log off, GATEWAY_ACCESS_LOG=false), and the access logs' cost", off_rows)
+    elapsed = time.monotonic() - started
+    whole_run = max(0.0, host_busy_seconds() - host - (own_seconds() - own)) / (elapsed * (os.cpu_count() or 1))
+    shares = others_shares(runs, args.duration)
+    print_host(shares, whole_run)
+    report["host"] = {
+        "loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3],
+        "others_share_whole_run": round(whole_run, 3),
+        "others_share_per_run": [round(share, 3) for share in shares],
+        "elapsed_s": round(elapsed, 1),
+    }
     report["tables"] = {"logs_on": [row_json(row) for row in on_rows], "logs_off": [row_json(row) for row in off_rows]}
     write_json(args.output, report)
     print(f"\nresults written to {args.output}; nginx's configuration to {args.output.with_suffix('.nginx.conf')}")
