@@ -310,7 +310,13 @@ def wait_quiet(servers: Sequence[Server], timeout: float = 30.0, window: float =
 
 
 def host_busy_seconds() -> float:
-    """CPU time the whole host has spent busy (all CPUs, every process and the kernel), from /proc/stat."""
+    """CPU time the host has spent busy (all CPUs), from /proc/stat: all but idle and iowait.
+
+    Interrupt and softirq time counts: with tick-based accounting the task
+    a tick interrupts is charged for it too, so the tasks' times (which
+    `own_seconds` sums) include the kernel carrying their loopback traffic.
+    Steal (the hypervisor's) counts as well: capacity the bench did not get.
+    """
     ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     idle = ticks[3] + ticks[4]  # idle, iowait; guest time is already counted in user
     return (sum(ticks) - idle) / CLOCK_TICKS
