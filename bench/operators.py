@@ -49,6 +49,7 @@ import contextlib
 import datetime
 import functools
 import hashlib
+import operator
 import os
 import resource
 import secrets
@@ -59,9 +60,10 @@ import sys
 import tempfile
 import time
 import urllib.error
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import nginx_example
 from bench_transcode import decoded_seconds, fetch, make_recording
@@ -98,8 +100,7 @@ from bench import (
     write_random_file,
 )
 
-RESULTS = Path(__file__).resolve().parent / "results"
-RESULTS_FILE = RESULTS / "operators-latest.json"
+RESULTS_FILE = Path(__file__).resolve().parent / "results" / "operators-latest.json"
 SECTIONS = ("direct", "offload", "proxy", "idle", "slow", "firstbyte")
 ACCEL_PREFIX = "/_recordings/"  # the example's internal location
 CALL_NAME, CALL_COPY_NAME, CALL_SECONDS = "call-gsm.wav", "call-gsm-copy.wav", 600
@@ -110,16 +111,19 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # -- targets and rows ----------------------------------------------------------------
 
 
+_COMPARISONS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
+
+
 @dataclass(frozen=True)
 class Target:
     """What a row must reach: its ratio (gateway / reference) or its own value, against `bound`."""
 
-    op: str  # ">=", "<=" or "<"
+    op: Literal[">=", "<=", "<"]
     bound: float
     on_ratio: bool = False
 
     def met(self, value: float) -> bool:
-        return {">=": value >= self.bound, "<=": value <= self.bound, "<": value < self.bound}[self.op]
+        return _COMPARISONS[self.op](value, self.bound)
 
     def text(self, unit: str) -> str:
         if self.on_ratio or unit == "%":
@@ -896,117 +900,150 @@ def make_files(storage: Path, sections: set[str]) -> dict[str, str]:
     return digests
 
 
-def run(args: argparse.Namespace, bench: Bench) -> int:
-    sections: set[str] = args.sections
-    started = time.monotonic()
-    host, own = host_busy_seconds(), own_seconds()
-    print(f"writing test files under {bench.storage}", flush=True)
-    digests = make_files(bench.storage, sections)
-    report: dict[str, object] = {
-        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "config": {
-            "sections": sorted(sections, key=SECTIONS.index),
-            "duration_s": args.duration,
-            "warmup_s": args.warmup,
-            "connections": args.connections,
-            "slow_clients": args.slow_clients,
-            "gateway_workers": 2,
-            "nginx_workers": 2,
-            "gateway_cmd": args.gateway_cmd,
-            "cpus": os.cpu_count(),
-            "nginx": tool_version([args.nginx, "-v"]),
-            "wrk": tool_version([args.wrk, "-v"]),
-            "python": sys.version.split()[0],
-            "nginx_example": str(args.example),
-            "nginx_example_left_out": args.nginx_example.dropped,
-        },
-    }
-    on_rows: list[Row] = []
-    off_rows: list[Row] = []
+@dataclass
+class Results:
+    """What the sections measured, for the tables, the details and the JSON."""
 
-    found: list[FirstByte] = []
-    if "firstbyte" in sections:
-        print("first byte of an inline rendition on a fresh gateway", flush=True)
-        found = first_bytes(bench)
-        report["firstbyte"] = [asdict(item) for item in found]
-
-    idle: list[Proc] | None = None
-    slow: dict[str, Slow] = {}
-    if {"idle", "slow"} & sections:
-        gateway = bench.gateway("gateway-memory")
-        idle, waited = idle_memory(bench, gateway)
-        report["idle"] = {"settled_after_s": bench.args.settle + waited, "processes": [asdict(p) for p in idle]}
-        if "slow" in sections:
-            print(f"{args.slow_clients} slow downloads from the gateway", flush=True)
-            slow["gateway"] = slow_memory(bench, gateway, (bench.storage / BIG_NAME).read_bytes())
-        bench.stop(gateway)
-
-    runs: dict[tuple[str, bool, str], Run | str] = {}
+    firstbyte: list[FirstByte] = field(default_factory=list)
+    idle: list[Proc] | None = None  # the fresh gateway's processes (section idle)
     nginx_idle: list[Proc] | None = None
-    if sections & {"direct", "offload", "proxy", "idle", "slow"}:
-        nginx, routes, config = start_routes(bench)
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.with_suffix(".nginx.conf").write_text(config)
-        for server in bench.started:
-            wait_until_up(server)
-        waited = wait_quiet(bench.started)
-        nginx_idle = processes(nginx, "nginx")
-        print(f"servers up, quiet after {waited:.1f} s; checking the bytes of every route", flush=True)
-        for route in routes.values():
-            try:
-                verify(route.server, digests)
-            except (RuntimeError, OSError, urllib.error.URLError) as exc:
-                route.problem = f"{route.label}: {exc}"
-                print(f"  {route.problem}", flush=True)
-        runs = throughput(bench, routes)
-        report["access_log_lines"] = check_logs(routes)
-        for key, route in routes.items():  # a log check may fail a route measured already
-            if route.problem is not None:
-                for scenario in scenarios(args.connections):
-                    if (key[0], key[1], scenario.key) in runs:
-                        runs[key[0], key[1], scenario.key] = route.problem
-        if "slow" in sections:
-            print(f"{args.slow_clients} slow downloads from nginx", flush=True)
-            slow["nginx"] = slow_memory(bench, routes["nginx", True].server, (bench.storage / BIG_NAME).read_bytes())
-        report["nginx_processes"] = [asdict(p) for p in nginx_idle]
-        report["slow"] = {name: asdict(value) for name, value in slow.items()}
-        report["runs"] = [
-            {"route": key[0], "logs": key[1], "scenario": key[2]}
-            | ({"problem": value} if isinstance(value, str) else {"cpu_s": value.cpu_s, "wrk": wrk_json(value.result)})
-            for key, value in runs.items()
-        ]
-        on_rows = throughput_rows(args, runs, logs=True)
-        off_rows = throughput_rows(args, runs, logs=False) + log_cost_rows(args, runs)
-    on_rows += memory_rows(idle if "idle" in sections else None, nginx_idle, slow) + first_byte_rows(found)
+    slow: dict[str, Slow] = field(default_factory=dict)  # "gateway", "nginx"
+    runs: dict[tuple[str, bool, str], Run | str] = field(default_factory=dict)  # (kind, logs, scenario)
+    access_log_lines: dict[str, int] = field(default_factory=dict)
 
-    print_runs(runs)
-    if idle is not None and "idle" in sections:
-        print_processes("idle gateway (2 workers, defaults, renditions on)", idle)
-    if nginx_idle:
-        print_processes("idle nginx (2 workers)", nginx_idle)
-    for name, item in slow.items():
-        print(f"\nslow downloads from {name}: {item.clients} clients, {item.started} started, {item.completed} completed, "
-              f"{item.verified_mib:,.0f} MiB byte-exact, {item.failed} failed; summed RSS {item.baseline_kib / KIB:.1f} MiB "
-              f"before, peak {item.peak_kib / KIB:.1f} MiB")  # fmt: skip
-    for rendition in found:
+
+def run_memory(bench: Bench, results: Results) -> None:
+    """Sections idle and slow, on one fresh gateway: its idle memory is the slow downloads' baseline."""
+    gateway = bench.gateway("gateway-memory")
+    idle, _ = idle_memory(bench, gateway)
+    if "idle" in bench.args.sections:
+        results.idle = idle
+    if "slow" in bench.args.sections:
+        print(f"{bench.args.slow_clients} slow downloads from the gateway", flush=True)
+        results.slow["gateway"] = slow_memory(bench, gateway, (bench.storage / BIG_NAME).read_bytes())
+    bench.stop(gateway)
+
+
+def run_routes(bench: Bench, digests: dict[str, str], results: Results) -> None:
+    """Sections direct, offload and proxy (and nginx's part of idle and slow), every route started at once."""
+    args = bench.args
+    nginx, routes, config = start_routes(bench)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.with_suffix(".nginx.conf").write_text(config)
+    for server in bench.started:
+        wait_until_up(server)
+    waited = wait_quiet(bench.started)
+    results.nginx_idle = processes(nginx, "nginx")
+    print(f"servers up, quiet after {waited:.1f} s; checking the bytes of every route", flush=True)
+    for route in routes.values():
+        try:
+            verify(route.server, digests)
+        except (RuntimeError, OSError, urllib.error.URLError) as exc:
+            route.problem = f"{route.label}: {exc}"
+            print(f"  {route.problem}", flush=True)
+    results.runs = throughput(bench, routes)
+    results.access_log_lines = check_logs(routes)
+    for (kind, logs), route in routes.items():  # the log check may fail a route measured already
+        if route.problem is not None:
+            for scenario in scenarios(args.connections):
+                if (kind, logs, scenario.key) in results.runs:
+                    results.runs[kind, logs, scenario.key] = route.problem
+    if "slow" in args.sections:
+        print(f"{args.slow_clients} slow downloads from nginx", flush=True)
+        expected = (bench.storage / BIG_NAME).read_bytes()
+        results.slow["nginx"] = slow_memory(bench, routes["nginx", True].server, expected)
+
+
+def print_details(results: Results) -> None:
+    """What the tables sum up: every run, every process, the downloads, the rendition requests."""
+    print_runs(results.runs)
+    if results.idle is not None:
+        print_processes("idle gateway (2 workers, defaults, renditions on)", results.idle)
+    if results.nginx_idle:
+        print_processes("idle nginx (2 workers)", results.nginx_idle)
+    for name, slow in results.slow.items():
+        print(f"\nslow downloads from {name}: {slow.clients} clients, {slow.started} started, {slow.completed} "
+              f"completed, {slow.verified_mib:,.0f} MiB byte-exact, {slow.failed} failed; summed RSS "
+              f"{slow.baseline_kib / KIB:.1f} MiB before, peak {slow.peak_kib / KIB:.1f} MiB")  # fmt: skip
+    for rendition in results.firstbyte:
         first = "-" if rendition.first_byte_ms is None else f"{rendition.first_byte_ms:.1f} ms"
         print(f"\ninline rendition, {rendition.what}: headers {rendition.headers_ms:.1f} ms, first body byte {first}, "
               f"whole body ({rendition.bytes:,} bytes) {rendition.full_body_ms:.0f} ms")  # fmt: skip
+
+
+def config_json(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "sections": sorted(args.sections, key=SECTIONS.index),
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "connections": args.connections,
+        "slow_clients": args.slow_clients,
+        "gateway_workers": 2,
+        "nginx_workers": 2,
+        "gateway_cmd": args.gateway_cmd,
+        "cpus": os.cpu_count(),
+        "nginx": tool_version([args.nginx, "-v"]),
+        "wrk": tool_version([args.wrk, "-v"]),
+        "python": sys.version.split()[0],
+        "nginx_example": str(args.example),
+        "nginx_example_left_out": args.nginx_example.dropped,
+    }
+
+
+def results_json(results: Results) -> dict[str, object]:
+    return {
+        "firstbyte": [asdict(item) for item in results.firstbyte],
+        "idle_processes": None if results.idle is None else [asdict(p) for p in results.idle],
+        "nginx_processes": None if results.nginx_idle is None else [asdict(p) for p in results.nginx_idle],
+        "slow": {name: asdict(value) for name, value in results.slow.items()},
+        "access_log_lines": results.access_log_lines,
+        "runs": [
+            {"route": kind, "logs": logs, "scenario": scenario}
+            | ({"problem": run} if isinstance(run, str) else {"cpu_s": run.cpu_s, "wrk": wrk_json(run.result)})
+            for (kind, logs, scenario), run in results.runs.items()
+        ],
+    }
+
+
+def run(args: argparse.Namespace, bench: Bench) -> int:
+    """Every selected section, then the tables; 1 when a row FAILED."""
+    sections: set[str] = args.sections
+    started, host, own = time.monotonic(), host_busy_seconds(), own_seconds()
+    when = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    print(f"writing test files under {bench.storage}", flush=True)
+    digests = make_files(bench.storage, sections)
+    results = Results()
+    if "firstbyte" in sections:  # first and alone: a cold start is what it measures
+        print("first byte of an inline rendition on a fresh gateway", flush=True)
+        results.firstbyte = first_bytes(bench)
+    if {"idle", "slow"} & sections:
+        run_memory(bench, results)
+    if {"direct", "offload", "proxy", "idle", "slow"} & sections:
+        run_routes(bench, digests, results)
+
+    on_rows = throughput_rows(args, results.runs, logs=True)
+    on_rows += memory_rows(results.idle, results.nginx_idle, results.slow) + first_byte_rows(results.firstbyte)
+    off_rows = throughput_rows(args, results.runs, logs=False) + log_cost_rows(args, results.runs)
+    print_details(results)
     if on_rows:
         print_table("LOGS ON (nginx and gateway access logs written to files; renditions on)", on_rows)
     if off_rows:
         print_table("LOGS OFF (nginx access_log off, GATEWAY_ACCESS_LOG=false), and the access logs' cost", off_rows)
     elapsed = time.monotonic() - started
     whole_run = max(0.0, host_busy_seconds() - host - (own_seconds() - own)) / (elapsed * (os.cpu_count() or 1))
-    shares = others_shares(runs, args.duration)
+    shares = others_shares(results.runs, args.duration)
     print_host(shares, whole_run)
-    report["host"] = {
-        "loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3],
-        "others_share_whole_run": round(whole_run, 3),
-        "others_share_per_run": [round(share, 3) for share in shares],
-        "elapsed_s": round(elapsed, 1),
-    }
-    report["tables"] = {"logs_on": [row_json(row) for row in on_rows], "logs_off": [row_json(row) for row in off_rows]}
+    report = {
+        "time": when,
+        "config": config_json(args),
+        "host": {
+            "loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3],
+            "others_share_whole_run": round(whole_run, 3),
+            "others_share_per_run": [round(share, 3) for share in shares],
+            "elapsed_s": round(elapsed, 1),
+        },
+        "tables": {"logs_on": [row_json(row) for row in on_rows], "logs_off": [row_json(row) for row in off_rows]},
+    } | results_json(results)
     write_json(args.output, report)
     print(f"\nresults written to {args.output}; nginx's configuration to {args.output.with_suffix('.nginx.conf')}")
     return 1 if any(row.verdict == "FAILED" for row in on_rows + off_rows) else 0
