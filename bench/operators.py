@@ -49,6 +49,7 @@ import contextlib
 import datetime
 import functools
 import hashlib
+import http.client
 import operator
 import os
 import resource
@@ -500,20 +501,27 @@ def first_bytes(bench: Bench) -> list[FirstByte]:
     found: list[FirstByte] = []
     expected: str | None = None
     steps = (("cold", CALL_NAME), ("warm, same file", CALL_NAME), ("warm, new copy", CALL_COPY_NAME))
+    ms = 1000.0
     for what, name in steps:
         if name == CALL_COPY_NAME:
             shutil.copyfile(bench.storage / CALL_NAME, bench.storage / CALL_COPY_NAME)
-        got = fetch(gateway.base_url, gateway.paths[name] + "?inline=1")
-        ms = 1000.0
+        try:
+            got = fetch(gateway.base_url, gateway.paths[name] + "?inline=1")
+        except (OSError, http.client.HTTPException) as exc:
+            found.append(FirstByte(what, 0, 0.0, None, 0.0, 0, f"GET failed: {exc!r}"))
+            continue
         first = None if got.first_body_byte is None else got.first_body_byte * ms
         row = FirstByte(what, got.status, got.first_byte * ms, first, got.total * ms, len(got.body))
         digest = hashlib.sha256(got.body).hexdigest()
         if got.status != 200:
             row.problem = f"status {got.status}"
         elif expected is None:
-            seconds = decoded_seconds(got.body)
+            try:
+                seconds = decoded_seconds(got.body)
+            except (OSError, ValueError) as exc:  # PyAV's errors for what is not audio
+                seconds, row.problem = 0.0, f"the rendition does not decode: {exc}"
             if abs(seconds - CALL_SECONDS) > 0.1:
-                row.problem = f"not the {CALL_SECONDS} s rendition: {seconds:.2f} s of audio"
+                row.problem = row.problem or f"not the {CALL_SECONDS} s rendition: {seconds:.2f} s of audio"
             expected = digest
         elif digest != expected:
             row.problem = f"a different rendition (sha256 {digest})"
