@@ -339,7 +339,7 @@ def own_seconds() -> float:
 
 @contextlib.contextmanager
 def cpu_meter(servers: Mapping[str, Server], into: dict[str, float]) -> Iterator[None]:
-    """CPU seconds each server's tree (and each gateway worker) used in the block, into `into`.
+    """CPU seconds each server's tree (and each gateway worker, and all the trees: `servers`) used in the block.
 
     Also wrk's (a child reaped in the block) and `others`: what processes
     outside this bench used meanwhile. On a 2-core host every CPU-second
@@ -364,9 +364,11 @@ def cpu_meter(servers: Mapping[str, Server], into: dict[str, float]) -> Iterator
     reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
     into["wrk"] = round(reaped.ru_utime + reaped.ru_stime - children.ru_utime - children.ru_stime, 2)
     into["others"] = round(max(0.0, host_busy_seconds() - host - (own_seconds() - own)), 2)
+    into["servers"] = 0.0
     for name, server in servers.items():
         used = {pid: seconds - before[name].get(pid, 0.0) for pid, seconds in after[name].items()}
         into[name] = round(sum(used.values()), 2)
+        into["servers"] = round(into["servers"] + into[name], 2)
         if name != "nginx":
             for index, pid in enumerate(server_workers(server)):
                 into[f"{name} worker {index + 1}"] = round(used.get(pid, 0.0), 2)
@@ -609,6 +611,11 @@ class Run:
     result: WrkResult
     cpu_s: dict[str, float]
 
+    @property
+    def cpu_per_request_us(self) -> float | None:
+        """The servers' CPU time per request: unlike a rate, hardly moved by what else the host runs."""
+        return self.cpu_s["servers"] / self.result.requests * 1e6 if self.result.requests else None
+
 
 def wanted(kind: str, scenario: Scenario, sections: set[str]) -> bool:
     """Whether `kind` is measured for `scenario`: nginx direct is the reference of every selected section."""
@@ -810,17 +817,22 @@ def print_processes(title: str, found: list[Proc]) -> None:
 
 
 def print_runs(runs: Mapping[tuple[str, bool, str], Run | str]) -> None:
-    print("\nruns: latency, errors, CPU seconds used during the measured run (others: processes outside the bench)")
+    print(
+        "\nruns: latency, the servers' CPU time per request, CPU seconds used during the measured run"
+        " (others: processes outside the bench)"
+    )
     measured = [run for run in runs.values() if isinstance(run, Run)]
     for run in measured:
         result = run.result
         p50 = result.latency_percentiles_s.get("p50")
         p99 = result.latency_percentiles_s.get("p99")
         latency = "p50 ? p99 ?" if p50 is None or p99 is None else f"p50 {p50 * 1000:.2f}ms p99 {p99 * 1000:.2f}ms"
+        per_request = "?" if run.cpu_per_request_us is None else f"{run.cpu_per_request_us:,.0f} us/req"
         status = "ok" if result.ok else "; ".join(result.problems)
-        cpu = ", ".join(f"{name} {seconds:.1f}" for name, seconds in run.cpu_s.items())
+        cpu = ", ".join(f"{name} {seconds:.1f}" for name, seconds in run.cpu_s.items() if name != "servers")
         print(
-            f"  {run.scenario:<5} {run.route:<34} {result.requests:>8} requests  {latency:<28} cpu: {cpu}  [{status}]"
+            f"  {run.scenario:<5} {run.route:<34} {result.requests:>8} requests  {latency:<28} {per_request:>14}"
+            f"  cpu: {cpu}  [{status}]"
         )
 
 
@@ -1007,7 +1019,11 @@ def results_json(results: Results) -> dict[str, object]:
         "access_log_lines": results.access_log_lines,
         "runs": [
             {"route": kind, "logs": logs, "scenario": scenario}
-            | ({"problem": run} if isinstance(run, str) else {"cpu_s": run.cpu_s, "wrk": wrk_json(run.result)})
+            | (
+                {"problem": run}
+                if isinstance(run, str)
+                else {"cpu_s": run.cpu_s, "cpu_per_request_us": run.cpu_per_request_us, "wrk": wrk_json(run.result)}
+            )
             for (kind, logs, scenario), run in results.runs.items()
         ],
     }
