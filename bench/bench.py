@@ -18,6 +18,7 @@ socket error) makes that measurement FAILED, and the exit status 1.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import datetime
 import hashlib
@@ -35,12 +36,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from gateway.links.tokens import KEY_BYTES, encrypt_path
+from Crypto.Cipher import AES
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -52,6 +53,7 @@ RANGE_SLICE = slice(1000, 51000)
 RESULTS_FILE = Path(__file__).resolve().parent / "results" / "latest.json"
 DEFAULT_GATEWAY_CMD = "storage-gateway serve --host {host} --port {port} --workers {workers}"
 HOST = "127.0.0.1"
+KEY_BYTES = 32  # AES-256
 # No proxy: http_proxy in the environment must not reroute local checks.
 HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -129,6 +131,24 @@ class Server:
         return self.base_url + self.paths[name]
 
 
+# -- links -------------------------------------------------------------------
+
+
+def make_token(path: str, key: bytes) -> str:
+    """The link token for `path`, made here rather than imported from the gateway.
+
+    The format is fixed by the platform's existing links (README, "Making
+    links from other languages"): AES-256-ECB over the UTF-8 path NUL-padded
+    to a multiple of 16 bytes, URL-safe base64 without `=`. Made with
+    pycryptodome directly, the benches do not depend on where the package
+    keeps its codec, and measure any build of the gateway, old or new.
+    """
+    data = path.encode("utf-8")
+    data += b"\0" * (-len(data) % AES.block_size)
+    sealed = AES.new(key, AES.MODE_ECB).encrypt(data)
+    return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
+
+
 # -- files -------------------------------------------------------------------
 
 
@@ -166,11 +186,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start(command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start a server in its own session (process group), output to `log`."""
-    with log.open("wb") as out:
+def start(
+    command: list[str], log: Path, env: dict[str, str] | None = None, stdout: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a server in its own session (process group), output to `log`.
+
+    With `stdout`, standard output goes to that file instead and `log` gets
+    standard error only: the gateway writes its JSON access lines alone on
+    stdout, so that is where an operator's access log file is.
+    """
+    with contextlib.ExitStack() as files:
+        errors = files.enter_context(log.open("wb"))
+        out = files.enter_context(stdout.open("wb")) if stdout is not None else errors
         return subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            command, stdin=subprocess.DEVNULL, stdout=out, stderr=errors, env=env, start_new_session=True
         )
 
 
@@ -215,14 +244,28 @@ def wait_until_up(server: Server, timeout: float = 30.0) -> None:
 # -- nginx -------------------------------------------------------------------
 
 
-def nginx_config(prefix: Path, storage: Path, port: int) -> str:
+def nginx_main(prefix: Path) -> str:
+    """The main-context lines every bench nginx needs: in the foreground, 2 workers, its files under `prefix`.
+
+    As root, nginx's workers would run as `nobody`, who cannot read the
+    benches' temporary directories (mode 0700): they run as root here.
+    """
     user = "user root;\n" if os.geteuid() == 0 else ""
-    temp = {name: prefix / "temp" / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
     return f"""{user}daemon off;
 worker_processes 2;
 pid {prefix / "nginx.pid"};
 error_log {prefix / "error.log"} warn;
-events {{ worker_connections 1024; }}
+"""
+
+
+def nginx_temp_paths(prefix: Path, indent: str = "    ") -> str:
+    """http-context lines that keep nginx's temporary files under `prefix` (not /var/lib/nginx)."""
+    kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    return "".join(f"{indent}{kind}_temp_path {prefix / 'temp' / kind};\n" for kind in kinds)
+
+
+def nginx_config(prefix: Path, storage: Path, port: int) -> str:
+    return f"""{nginx_main(prefix)}events {{ worker_connections 1024; }}
 http {{
     access_log off;
     sendfile on;
@@ -230,12 +273,7 @@ http {{
     open_file_cache max=1000;
     keepalive_requests 100000;
     default_type application/octet-stream;
-    client_body_temp_path {temp["client_body"]};
-    proxy_temp_path {temp["proxy"]};
-    fastcgi_temp_path {temp["fastcgi"]};
-    uwsgi_temp_path {temp["uwsgi"]};
-    scgi_temp_path {temp["scgi"]};
-    server {{
+{nginx_temp_paths(prefix)}    server {{
         listen {HOST}:{port};
         location /files/ {{ alias {storage}/; }}
     }}
@@ -243,37 +281,68 @@ http {{
 """
 
 
+def launch_nginx(nginx: str, prefix: Path, config: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """Write `config` under `prefix` and start (not wait for) nginx on it; returns the process and its log."""
+    (prefix / "temp").mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(config)
+    log = prefix / "stdout.log"
+    command = [nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
+    return start(command, log), log
+
+
 def start_nginx(nginx: str, workdir: Path, storage: Path) -> Server:
     """Start (not wait for) nginx serving `storage` at /files/."""
     prefix = workdir / "nginx"
-    (prefix / "temp").mkdir(parents=True)
     port = free_port()
-    conf = prefix / "nginx.conf"
-    conf.write_text(nginx_config(prefix, storage, port))
-    log = prefix / "stdout.log"
-    command = [nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
+    process, log = launch_nginx(nginx, prefix, nginx_config(prefix, storage, port))
     paths = {name: f"/files/{name}" for name in (SMALL_NAME, LARGE_NAME)}
-    return Server("nginx", start(command, log), f"http://{HOST}:{port}", paths, paths[SMALL_NAME], log)
+    return Server("nginx", process, f"http://{HOST}:{port}", paths, paths[SMALL_NAME], log)
 
 
 # -- gateway -----------------------------------------------------------------
 
 
-def gateway_env(key: bytes, storage: Path) -> dict[str, str]:
+def gateway_env(
+    key: bytes, storage: Path | str, access_log: bool = False, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The gateway's environment: this one without any GATEWAY_* variable, plus the bench's settings.
+
+    `storage` is a directory, or a storage URL as is (`file:///dir?accel_redirect=/_recordings/`).
+    """
     env = {name: value for name, value in os.environ.items() if not name.startswith("GATEWAY_")}
-    env.update(GATEWAY_KEY=key.hex(), GATEWAY_STORAGE=f"file://{storage}", GATEWAY_ACCESS_LOG="false")
+    url = storage if isinstance(storage, str) else f"file://{storage}"
+    env.update(GATEWAY_KEY=key.hex(), GATEWAY_STORAGE=url, GATEWAY_ACCESS_LOG="true" if access_log else "false")
+    env.update(extra or {})
     return env
 
 
-def start_gateway(template: str, workers: int, workdir: Path, storage: Path) -> Server:
-    """Start (not wait for) the gateway with a fresh key; paths are token URLs."""
-    key = secrets.token_bytes(KEY_BYTES)
+def start_gateway(
+    template: str,
+    workers: int,
+    workdir: Path,
+    storage: Path,
+    *,
+    key: bytes | None = None,
+    names: tuple[str, ...] = (SMALL_NAME, LARGE_NAME),
+    name: str = "gateway",
+    storage_url: str | None = None,
+    access_log: bool = False,
+    extra_env: Mapping[str, str] | None = None,
+) -> Server:
+    """Start (not wait for) the gateway (a fresh key unless `key`); paths are token URLs of `names`.
+
+    Standard error goes to `<workdir>/<name>.log`; with `access_log`, the
+    JSON access lines (standard output) to `<workdir>/<name>.access.log`.
+    """
+    key = key if key is not None else secrets.token_bytes(KEY_BYTES)
     port = free_port()
     command = shlex.split(template.format(host=HOST, port=port, workers=workers))
-    log = workdir / "gateway.log"
-    paths = {name: "/" + encrypt_path(name, key) for name in (SMALL_NAME, LARGE_NAME)}
-    process = start(command, log, env=gateway_env(key, storage))
-    return Server("gateway", process, f"http://{HOST}:{port}", paths, "/healthz", log)
+    log = workdir / f"{name}.log"
+    paths = {file: "/" + make_token(file, key) for file in names}
+    env = gateway_env(key, storage_url or storage, access_log, extra_env)
+    process = start(command, log, env=env, stdout=workdir / f"{name}.access.log" if access_log else None)
+    return Server(name, process, f"http://{HOST}:{port}", paths, "/healthz", log)
 
 
 # -- /proc: the gateway's workers and their peak RSS --------------------------
@@ -407,16 +476,16 @@ def _seconds(number: str, unit: str) -> float:
 
 def parse_wrk(output: str, result: WrkResult) -> None:
     """Fill `result` from wrk's text report (with --latency)."""
-    if m := re.search(r"^\s*Latency\s+" + _TIME + r"\s+\S+\s+" + _TIME, output, re.MULTILINE):
+    if m := re.search(r"^\s*Latency\s+" + _TIME + r"\s+\S+\s+" + _TIME, output, re.M):
         result.latency_avg_s = _seconds(m[1], m[2])
         result.latency_max_s = _seconds(m[3], m[4])
-    for m in re.finditer(r"^\s+(\d+(?:\.\d+)?)%\s+" + _TIME + r"\s*$", output, re.MULTILINE):
+    for m in re.finditer(r"^\s+(\d+(?:\.\d+)?)%\s+" + _TIME + r"\s*$", output, re.M):
         result.latency_percentiles_s[f"p{m[1]}"] = _seconds(m[2], m[3])
-    if m := re.search(r"^\s*(\d+) requests in ", output, re.MULTILINE):
+    if m := re.search(r"^\s*(\d+) requests in ", output, re.M):
         result.requests = int(m[1])
-    if m := re.search(r"^Requests/sec:\s+([\d.]+)", output, re.MULTILINE):
+    if m := re.search(r"^Requests/sec:\s+([\d.]+)", output, re.M):
         result.requests_per_sec = float(m[1])
-    if m := re.search(r"^Transfer/sec:\s+([\d.]+)([KMGTP]?)B", output, re.MULTILINE):
+    if m := re.search(r"^Transfer/sec:\s+([\d.]+)([KMGTP]?)B", output, re.M):
         result.bytes_per_sec = round(float(m[1]) * _BYTE_UNITS[m[2]])
     if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output):
         result.socket_errors = dict(zip(("connect", "read", "write", "timeout"), map(int, m.groups())))
@@ -538,14 +607,20 @@ def scenarios(connections: int) -> list[Scenario]:
     ]
 
 
-def measure_one(args: argparse.Namespace, server: Server, scenario: Scenario) -> WrkResult:
-    """Warm up, then the measured run."""
+def measure_one(
+    args: argparse.Namespace,
+    server: Server,
+    scenario: Scenario,
+    during: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
+) -> WrkResult:
+    """Warm up, then the measured run; `during()` wraps the measured run alone (e.g. to count CPU time)."""
     url = server.url(scenario.file)
     if args.warmup > 0:
         print(f"  {scenario.label}: {server.name} warm-up {args.warmup:g}s", flush=True)
         run_wrk(args.wrk, url, scenario, args.warmup)
     print(f"  {scenario.label}: {server.name} {args.duration:g}s", flush=True)
-    return run_wrk(args.wrk, url, scenario, args.duration)
+    with during():
+        return run_wrk(args.wrk, url, scenario, args.duration)
 
 
 def measure(args: argparse.Namespace, nginx: Server, gateway: Server) -> tuple[list[Row], dict[str, dict[str, int]]]:
@@ -567,7 +642,7 @@ def report_json(args: argparse.Namespace, rows: list[Row], rss: dict[str, dict[s
         return data
 
     return {
-        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "config": {
             "duration_s": args.duration,
             "warmup_s": args.warmup,

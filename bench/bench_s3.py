@@ -53,7 +53,7 @@ import aioboto3
 import boto3
 from aiobotocore.config import AioConfig
 
-from gateway.links.tokens import KEY_BYTES, encrypt_path
+from bench import KEY_BYTES, make_token
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
             gateway_cmd += ["--workers", str(args.workers)]
             print(f"gateway on http://{HOST}:{gateway_port} ({args.workers} workers, S3 storage only)", flush=True)
             with running("gateway", gateway_cmd, gateway_env, gateway_port, "/readyz", work / "gateway.log"):
-                setup = Setup(size, digest, endpoint, gateway_port, "/" + encrypt_path(OBJECT_PATH, key))
+                setup = Setup(size, digest, endpoint, gateway_port, "/" + make_token(OBJECT_PATH, key))
                 direct, gateway = Direct(endpoint), ViaGateway(gateway_port, setup.target)
                 try:
                     try:

@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from gateway.links.tokens import encrypt_path
+from bench import make_token
 
 HOST = "127.0.0.1"
 KIB = 1024
@@ -87,7 +87,7 @@ class Gateway:
     log: Path
 
     def target(self, path: str, query: str = "") -> str:
-        return "/" + encrypt_path(path, self.key) + query
+        return "/" + make_token(path, self.key) + query
 
     def url(self, path: str, query: str = "") -> str:
         return self.base + self.target(path, query)
@@ -121,7 +121,7 @@ def start_gateway(root: Path, work: Path, workers: int, max_conversions: int) ->
         if process.poll() is not None:
             raise RuntimeError(f"the gateway exited:\n{log.read_text()[-3000:]}")
         try:
-            if fetch(gateway, "/healthz").status == 200:
+            if fetch(gateway.base, "/healthz").status == 200:
                 return gateway
         except OSError:
             time.sleep(0.05)
@@ -149,24 +149,30 @@ class Fetched:
     body: bytes
     first_byte: float  # seconds from sending the request to the response's headers
     total: float  # to the last body byte
+    first_body_byte: float | None = None  # to the first body byte (None: an empty body)
 
 
-def fetch(gateway: Gateway, target: str, headers: dict[str, str] | None = None) -> Fetched:
-    connection = http.client.HTTPConnection(HOST, int(gateway.base.rpartition(":")[2]), timeout=120)
+def fetch(base: str, target: str, headers: dict[str, str] | None = None) -> Fetched:
+    """GET `target` from the server at `base` (http://host:port) on a new connection, timed."""
+    connection = http.client.HTTPConnection(HOST, int(base.rpartition(":")[2]), timeout=120)
     try:
         started = time.perf_counter()
         connection.request("GET", target, headers=headers or {})
         response = connection.getresponse()
         first = time.perf_counter() - started
-        body = response.read()
+        # The headers of a rendition being made may come before its first bytes are written.
+        head = response.read(1)
+        first_body = time.perf_counter() - started if head else None
+        body = head + response.read()
         total = time.perf_counter() - started
-        return Fetched(response.status, {k.lower(): v for k, v in response.getheaders()}, body, first, total)
+        fields = {k.lower(): v for k, v in response.getheaders()}
+        return Fetched(response.status, fields, body, first, total, first_body)
     finally:
         connection.close()
 
 
 def metric(gateway: Gateway, name: str) -> float:
-    text = fetch(gateway, "/metrics").body.decode()
+    text = fetch(gateway.base, "/metrics").body.decode()
     return sum(float(m[1]) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
 
 
@@ -231,7 +237,7 @@ def first_and_full(gateway: Gateway, path: str, query: str, runs: int, prepare=N
     for run in range(runs):
         if prepare is not None:
             prepare(run)
-        got = fetch(gateway, gateway.target(path, query))
+        got = fetch(gateway.base, gateway.target(path, query))
         if got.status != 200:
             raise RuntimeError(f"GET {path}{query}: {got.status} {got.body[:200]!r}")
         firsts.append(got.first_byte)
@@ -267,7 +273,7 @@ def converting_load(gateway: Gateway, sources: list[Path], stop_event: threading
         while not stop_event.is_set():
             version += 1
             touch(source, version)
-            status = fetch(gateway, gateway.target(path, "?format=mp3")).status
+            status = fetch(gateway.base, gateway.target(path, "?format=mp3")).status
             counts[str(status)] = counts.get(str(status), 0) + 1
 
     threads = [threading.Thread(target=client, args=(source,), daemon=True) for source in sources]
@@ -326,8 +332,8 @@ def main() -> int:
         }
 
         # Correctness first: the original untouched, the rendition ten minutes of PCM.
-        original = fetch(gateway, gateway.target("/call-gsm.wav"))
-        rendition = fetch(gateway, gateway.target("/call-gsm.wav", "?inline=1"))
+        original = fetch(gateway.base, gateway.target("/call-gsm.wav"))
+        rendition = fetch(gateway.base, gateway.target("/call-gsm.wav", "?inline=1"))
         first_ever = rendition.first_byte
         if original.body != call.read_bytes() or abs(decoded_seconds(rendition.body) - SECONDS) > 0.1:
             print("bench_transcode: wrong bytes from the gateway", file=sys.stderr)
@@ -337,7 +343,7 @@ def main() -> int:
         # have loaded PyAV. Convert a few small ones in every worker before timing cold ones.
         for version in range(4 * args.workers):
             touch(warm, 1_600_000_000 + version)
-            fetch(gateway, gateway.target("/warm.wav", "?inline=1"))
+            fetch(gateway.base, gateway.target("/warm.wav", "?inline=1"))
 
         print("first byte and full body …", flush=True)
         mtime = int(call.stat().st_mtime)

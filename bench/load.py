@@ -26,8 +26,6 @@ import argparse
 import asyncio
 import datetime
 import json
-import os
-import secrets
 import shutil
 import signal
 import socket
@@ -36,51 +34,37 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Self
 
 from bench import (
+    DEFAULT_GATEWAY_CMD,
     HOST,
     KIB,
     MIB,
     Server,
     WrkResult,
-    free_port,
     judge,
     parse_wrk,
     peak_rss_kib,
     server_workers,
     sha256_of,
-    start,
+    start_gateway,
     stop,
     wait_until_up,
     write_random_file,
 )
-from gateway.links.tokens import KEY_BYTES, encrypt_path
 
 SMALL_NAME, SMALL_SIZE = "small-64k.mp3", 64 * KIB
 BIG_NAME, BIG_SIZE = "big-8m.ogg", 8 * MIB
 RESULTS_FILE = Path(__file__).resolve().parent / "results" / "load-latest.json"
 SLOW_RECEIVE_BUFFER = 32 * KIB
+SLOW_RATE = 256 * KIB  # bytes/s per slow download: about 32 s for the 8 MiB file
 
 
-# -- the gateway ---------------------------------------------------------------
-
-
-def start_gateway(workdir: Path, storage: Path, workers: int, access_log: bool) -> Server:
-    key = secrets.token_bytes(KEY_BYTES)
-    port = free_port()
-    env = {name: value for name, value in os.environ.items() if not name.startswith("GATEWAY_")}
-    env.update(
-        GATEWAY_KEY=key.hex(),
-        GATEWAY_STORAGE=f"file://{storage}",
-        GATEWAY_ACCESS_LOG="true" if access_log else "false",
-    )
-    command = ["storage-gateway", "serve", "--host", HOST, "--port", str(port), "--workers", str(workers)]
-    paths = {name: "/" + encrypt_path(name, key) for name in (SMALL_NAME, BIG_NAME)}
-    process = start(command, workdir / "gateway.log", env=env)
-    return Server("gateway", process, f"http://{HOST}:{port}", paths, "/healthz", workdir / "gateway.log")
+# -- memory ---------------------------------------------------------------------
 
 
 def rss_kib(pid: int) -> int:
@@ -91,9 +75,13 @@ def rss_kib(pid: int) -> int:
 
 
 class RssSampler:
-    """Sum of the workers' RSS, sampled in a thread; keeps the peak."""
+    """Sum of the processes' RSS, sampled in a thread; keeps the peak.
 
-    def __init__(self, pids: list[int], interval: float = 0.1) -> None:
+    `pids` is a list, or a function asked again at every sample (a process
+    tree walked anew: pool processes may be replaced while it runs).
+    """
+
+    def __init__(self, pids: Iterable[int] | Callable[[], Iterable[int]], interval: float = 0.1) -> None:
         self.pids, self.interval = pids, interval
         self.baseline_kib = self._total()
         self.peak_kib = self.baseline_kib
@@ -102,7 +90,7 @@ class RssSampler:
 
     def _total(self) -> int:
         total = 0
-        for pid in self.pids:
+        for pid in self.pids() if callable(self.pids) else self.pids:
             try:
                 total += rss_kib(pid)
             except OSError:
@@ -280,11 +268,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", default="5s", help="wrk's socket timeout; a timeout counts as an error")
     parser.add_argument("--slow", type=int, default=0, metavar="N", help="N slow downloads of the 8 MiB file meanwhile")
     parser.add_argument(
-        "--slow-rate", type=int, default=256 * KIB, metavar="BYTES", help="bytes/s per slow download (default 262144)"
+        "--slow-rate",
+        type=int,
+        default=SLOW_RATE,
+        metavar="BYTES",
+        help=f"bytes/s per slow download (default {SLOW_RATE})",
     )
     parser.add_argument("--no-access-log", action="store_true", help="GATEWAY_ACCESS_LOG=false (default: on)")
     parser.add_argument("--output", type=Path, default=RESULTS_FILE, help=f"JSON results (default {RESULTS_FILE})")
     parser.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk")
+    parser.add_argument(
+        "--gateway-cmd",
+        default=DEFAULT_GATEWAY_CMD,
+        metavar="CMD",
+        help=f"command that starts the gateway, {{host}} {{port}} {{workers}} substituted (default {DEFAULT_GATEWAY_CMD!r})",
+    )
     args = parser.parse_args(argv)
     if not Path(args.wrk).exists():
         parser.error("wrk not found (apt-get install wrk)")
@@ -310,7 +308,14 @@ def main(argv: list[str] | None = None) -> int:
             SMALL_NAME: write_random_file(storage / SMALL_NAME, SMALL_SIZE),
             BIG_NAME: write_random_file(storage / BIG_NAME, BIG_SIZE),
         }
-        gateway = start_gateway(workdir, storage, args.workers, not args.no_access_log)
+        gateway = start_gateway(
+            args.gateway_cmd,
+            args.workers,
+            workdir,
+            storage,
+            names=(SMALL_NAME, BIG_NAME),
+            access_log=not args.no_access_log,
+        )
         wait_until_up(gateway)
         for name, digest in digests.items():
             if sha256_of(gateway.url(name)) != digest:
