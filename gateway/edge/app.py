@@ -49,12 +49,15 @@ QUERY_TOO_LONG = Refusal(414, "query", f"query string longer than {MAX_QUERY_BYT
 
 
 class Exchange:
-    """What one edge request did, for its metrics and its access-log line."""
+    """What one edge request did, for its metrics and its access-log line; its `send` passes messages on."""
 
-    __slots__ = ("backend", "began", "bytes", "detail", "method", "reason", "rejected", "started", "status")
+    __slots__ = ("backend", "began", "bytes", "detail", "head", "method", "reason", "rejected", "send", "started",
+                 "status")  # fmt: skip
 
-    def __init__(self, method: str) -> None:
-        self.method = method
+    def __init__(self, method: str, send: Send) -> None:
+        self.method = method if method == "GET" or method == "HEAD" else "OTHER"
+        self.head = method == "HEAD"  # uvicorn sends no body for HEAD, whatever it is given
+        self.send = send
         self.status = 500  # what uvicorn answers if we fail before starting a response
         self.started = False  # the response's headers are out
         self.bytes = 0
@@ -63,6 +66,15 @@ class Exchange:
         self.detail = ""
         self.rejected = False  # a refused link (gateway_rejected_total), not a view or a storage failure
         self.began = time.perf_counter()
+
+    async def __call__(self, message: Message) -> None:
+        """The ASGI `send` the request is answered through: counts what is sent."""
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.started = True
+        elif not self.head:
+            self.bytes += len(message.get("body", b""))
+        await self.send(message)
 
 
 class Edge:
@@ -109,20 +121,10 @@ class Edge:
 
     async def serve_measured(self, scope: Scope, receive: Receive, send: Send) -> None:
         """serve(), counted for the metrics and written to the access log."""
-        exchange = Exchange(scope["method"] if scope["method"] in ("GET", "HEAD") else "OTHER")
-        head = scope["method"] == "HEAD"  # uvicorn sends no body for HEAD, whatever we pass it
-
-        async def measured_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                exchange.status = message["status"]
-                exchange.started = True
-            elif not head:
-                exchange.bytes += len(message.get("body", b""))
-            await send(message)
-
+        exchange = Exchange(scope["method"], send)
         headers = dict(scope["headers"])
         try:
-            await self.serve(scope, headers, receive, measured_send, exchange)
+            await self.serve(scope, headers, receive, exchange, exchange)
         finally:
             duration = time.perf_counter() - exchange.began
             self.tally.request(exchange.method, exchange.status, duration, exchange.backend, exchange.bytes)
@@ -141,7 +143,9 @@ class Edge:
             "duration": round(duration, 6),
             "backend": exchange.backend,
             "token": scope["path"][1:9],
-            "client": client_address(client and client[0], headers.get(b"x-forwarded-for"), self.trusted_proxies),
+            "client": client_address(client[0], headers.get(b"x-forwarded-for"), self.trusted_proxies)
+            if client and self.trusted_proxies
+            else client and client[0],
         }
         if exchange.reason:
             fields["reason"] = exchange.reason

@@ -21,7 +21,7 @@ from .ranges import RangeNotSatisfiable, Span, content_range, parse_range
 from .replies import NOSNIFF, Reply, fixed, range_not_satisfiable
 from .representation import http_date
 
-_CONDITIONAL = (b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since")
+_CONDITIONAL = frozenset((b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since"))
 _ARGUMENT = {name: name.decode().replace("-", "_") for name in _CONDITIONAL}
 
 
@@ -69,12 +69,10 @@ class Plan:
 
 def plan(method: str, request: Mapping[bytes, bytes], rep: Representation, size: int, max_ranges: int) -> Plan:
     """What to answer a GET or HEAD with `request`'s headers (lower-case names) for `rep` of `size` bytes."""
-    if any(name in request for name in _CONDITIONAL):
+    asked = request.keys() & _CONDITIONAL
+    if asked:
         status = precondition_status(
-            method,
-            rep.etag,
-            rep.mtime,
-            **{_ARGUMENT[name]: request[name].decode("latin-1") for name in _CONDITIONAL if name in request},
+            method, rep.etag, rep.mtime, **{_ARGUMENT[name]: request[name].decode("latin-1") for name in asked}
         )
         if status == 304:
             return Plan(304, rep.validators, body=False)

@@ -28,8 +28,13 @@ def _refused(reason: str, message: str) -> Refusal:
     return Refusal(400, reason, message, message)
 
 
+ORIGINAL = View(False, None, None)  # a link without parameters: most requests
+
+
 def view(params: Mapping[str, str], signed: bool, inline_renditions: bool) -> View | Refusal:
     """The view these query parameters ask for, or why it cannot be served."""
+    if not params:
+        return ORIGINAL
     inline = flag_word(params.get("inline", "")) is True
     filename = params.get("filename", "").rpartition("/")[2] if signed else ""
     peaks = params.get(PEAKS, "")
