@@ -64,7 +64,12 @@ def test_metrics_port_from_the_environment_serves_metrics_there_only(tmp_path: P
     env = {**DEFAULT, "GATEWAY_METRICS_PORT": str(port)}
     with running_gateway(small_storage(tmp_path), [new_key()], tmp_path / "gateway", extra_env=env) as gateway:
         request(gateway.base_url, gateway.target("/a.mp3"))
-        samples = poll(lambda: _scrape_or_none(f"http://{HOST}:{port}"), lambda found: found is not None, timeout=10.0)
+        # Counts reach the scrape a moment after the answer (a turn of the worker's loop): polled.
+        samples = poll(
+            lambda: _scrape_or_none(f"http://{HOST}:{port}"),
+            lambda found: found is not None and any(name == "gateway_requests_total" for name, _ in found),
+            timeout=10.0,
+        )
         assert samples is not None, f"nothing serves /metrics on GATEWAY_METRICS_PORT={port}"
         assert any(name == "gateway_requests_total" for name, _ in samples)
         assert answer(request(gateway.base_url, "/metrics")) == plain_404(gateway)

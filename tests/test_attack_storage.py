@@ -272,8 +272,11 @@ def test_a_rendition_of_a_swapped_directory_never_converts_the_file_outside(tmp_
 # -- nginx sending the files (offload mode) ---------------------------------------------------------
 
 
-def nginx_offload_config(prefix: Path, port: int, gateway_port: int, location: str, body: str) -> str:
-    """nginx proxying to the gateway, with the internal location the gateway's X-Accel-Redirect names."""
+def nginx_offload_config(
+    prefix: Path, port: int, gateway_port: int, location: str, body: str, http_extra: str = ""
+) -> str:
+    """nginx proxying to the gateway, with the internal location the gateway's X-Accel-Redirect names
+    (and `http_extra`: what that location needs at the http level, such as a map)."""
     user = "user root;\n" if os.geteuid() == 0 else ""
     temp = "".join(
         f"    {kind}_temp_path {prefix}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -287,7 +290,8 @@ events {{
 }}
 http {{
     access_log off;
-{temp}    server {{
+{temp}{http_extra}
+    server {{
         listen {HOST}:{port};
         location = /ping {{
             return 200 "ok\\n";
@@ -308,6 +312,16 @@ http {{
 MINIMAL_INTERNAL_LOCATION = """            internal;
             alias {root}/;
             disable_symlinks on;"""
+
+
+def example_maps(body: str) -> str:
+    """The `map` blocks of nginx.conf.example that define variables `body` uses."""
+    text = EXAMPLE.read_text()
+    blocks = []
+    for match in re.finditer(r"^\s*map\s+\S+\s+\$(\w+)\s*\{[^}]*\}", text, re.MULTILINE):
+        if f"${match.group(1)}" in body:
+            blocks.append(match.group(0))
+    return "\n".join(blocks)
 
 
 def example_internal_location(root: Path) -> tuple[str, str]:
@@ -337,7 +351,7 @@ def offload_site(tree: Tree, work: Path, location: str, body: str) -> Iterator[t
         gateway_port = split_base(gateway.base_url)[1]
 
         def config(prefix: Path, port: int) -> str:
-            return nginx_offload_config(prefix, port, gateway_port, location, body)
+            return nginx_offload_config(prefix, port, gateway_port, location, body, example_maps(body))
 
         with running_nginx(tree.root, work / "nginx", config=config) as nginx:
             yield gateway, nginx.base_url
