@@ -9,9 +9,7 @@ their own subdirectory of the same root.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -22,18 +20,9 @@ settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
-sys.path.insert(0, str(Path(__file__).parent))  # `servers` imports whatever the test package layout
-
-from servers import (
-    SECRET_MARKER,
-    Gateway,
-    Nginx,
-    Storage,
-    fill_storage,
-    new_key,
-    running_gateway,
-    running_nginx,
-)
+from support.keys import new_key
+from support.processes import Gateway, Nginx, running_gateway, running_nginx
+from support.storage import SECRET_MARKER, Storage, fill_storage
 
 
 @pytest.fixture(scope="session")

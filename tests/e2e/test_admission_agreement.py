@@ -22,8 +22,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from s3_support import AWS_ENV, FAST_FAILURE_ENV, running_moto, s3_client
-from servers import api_client_entry, new_key, request, running_api, running_gateway
+from support.http import request
+from support.keys import new_key
+from support.processes import api_client_entry, running_api, running_gateway
+from support.s3 import AWS_ENV, FAST_FAILURE_ENV, running_moto, s3_client
 
 from gateway.links.signing import LinkSigner
 from gateway.links.tokens import encrypt_path

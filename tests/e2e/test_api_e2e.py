@@ -19,18 +19,10 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
-from servers import (
-    ApiServer,
-    Gateway,
-    Reply,
-    api_client_entry,
-    gateway_environment,
-    new_key,
-    poll,
-    request,
-    running_api,
-    running_gateway,
-)
+from support.http import Reply, request
+from support.keys import new_key
+from support.polling import poll
+from support.processes import ApiServer, Gateway, api_client_entry, gateway_environment, running_api, running_gateway
 
 from gateway.api.app import build_api
 from gateway.api.models import MAX_BATCH

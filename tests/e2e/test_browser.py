@@ -1,6 +1,6 @@
 """A real browser: headless Chromium (Debian's) plays, seeks and downloads through the gateway.
 
-The recordings are made here with ffmpeg (tests/recordings.py): ten minutes
+The recordings are made here with ffmpeg (tests/support/recordings.py): ten minutes
 of 8 kHz mono as MP3 and as PCM WAV, a 30 s VP8/Opus WebM and a 30 s
 H.264/AAC MP4 whose index (`moov`) sits at the end of the file, so the
 browser must ask for a range at the end before it can play anything.
@@ -29,11 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from browser import chromium
 from playwright.sync_api import Browser, Page
 from playwright.sync_api import Error as PlaywrightError
-from recordings import make_audio, make_video
-from servers import HOST, Gateway, Storage
+from support.browser import chromium
+from support.http import HOST
+from support.processes import Gateway
+from support.recordings import make_audio, make_video
+from support.storage import Storage
 
 LONG_SECONDS = 600
 CLIP_SECONDS = 30

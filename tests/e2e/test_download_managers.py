@@ -32,8 +32,12 @@ from pathlib import Path
 from typing import Self
 
 import pytest
-from s3_support import gateway_s3_env, key_for, random_bytes, running_moto, s3_client
-from servers import HOST, MIB, P8M, PCYR, Gateway, Storage, new_key, poll, running_gateway, split_base
+from support.http import HOST, split_base
+from support.keys import new_key
+from support.polling import poll
+from support.processes import Gateway, running_gateway
+from support.s3 import gateway_s3_env, key_for, random_bytes, running_moto, s3_client
+from support.storage import MIB, P8M, PCYR, Storage
 
 RUN_TIMEOUT = 60.0  # seconds one client run may take (an 8 MiB file on the loopback)
 CUT_AFTER = MIB  # kill the rate-limited client once this much has arrived

@@ -16,19 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from servers import (
-    MIB,
-    P8M,
-    P64K,
-    Gateway,
-    Storage,
-    download_sha256,
-    open_fds_to,
-    poll,
-    request,
-    rss_bytes,
-    split_base,
-)
+from support.http import download_sha256, request, split_base
+from support.polling import poll
+from support.proc import open_fds_to, rss_bytes
+from support.processes import Gateway
+from support.storage import MIB, P8M, P64K, Storage
 
 LARGE_SIZE = 256 * MIB
 READ = 64 * 1024

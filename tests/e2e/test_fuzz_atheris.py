@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-HARNESS = Path(__file__).resolve().parent / "fuzz" / "fuzz_gateway.py"
+HARNESS = Path(__file__).resolve().parents[1] / "fuzz" / "fuzz_gateway.py"
 RUNS = 30_000
 TIMEOUT = 300  # seconds: a liveness bound for the whole run (it takes about ten)
 

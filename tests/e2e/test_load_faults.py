@@ -35,29 +35,14 @@ from pathlib import Path
 from typing import Self
 
 import pytest
-from ops_support import by_label, gauge, scrape
-from s3_support import (
-    FAST_FAILURE_ENV,
-    MotoServer,
-    gateway_s3_env,
-    key_for,
-    random_bytes,
-    running_moto,
-    s3_client,
-    tcp_sockets_to,
-)
-from servers import (
-    KIB,
-    MIB,
-    Gateway,
-    new_key,
-    open_fds_to,
-    poll,
-    request,
-    rss_bytes,
-    running_gateway,
-    split_base,
-)
+from support.http import request, split_base
+from support.keys import new_key
+from support.ops import by_label, gauge, scrape
+from support.polling import poll
+from support.proc import open_fds_to, rss_bytes, tcp_sockets_to
+from support.processes import Gateway, running_gateway
+from support.s3 import FAST_FAILURE_ENV, MotoServer, gateway_s3_env, key_for, random_bytes, running_moto, s3_client
+from support.storage import KIB, MIB
 
 BIG = "/load/big-8m.ogg"
 SMALL = "/load/small-4k.mp3"

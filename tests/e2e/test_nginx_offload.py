@@ -31,28 +31,14 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from ops_support import json_lines, scrape
-from servers import (
-    HOST,
-    P8M,
-    P64K,
-    PCYR,
-    PSPECIAL,
-    Gateway,
-    Nginx,
-    Reply,
-    Storage,
-    free_port,
-    new_key,
-    nginx_binary,
-    parse_byteranges,
-    poll,
-    request,
-    running_gateway,
-    running_nginx,
-)
+from support.http import HOST, Reply, parse_byteranges, request
+from support.keys import new_key
+from support.ops import json_lines, scrape
+from support.polling import poll
+from support.processes import Gateway, Nginx, free_port, nginx_binary, running_gateway, running_nginx
+from support.storage import P8M, P64K, PCYR, PSPECIAL, Storage
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "nginx.conf.example"
+EXAMPLE = Path(__file__).resolve().parents[2] / "nginx.conf.example"
 MODES = ("offload", "proxy")
 
 

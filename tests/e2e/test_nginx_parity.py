@@ -16,23 +16,9 @@ from email.utils import formatdate
 from typing import Any
 
 import pytest
-from servers import (
-    P0,
-    P1,
-    P8M,
-    P64K,
-    PCYR,
-    PSPACES,
-    PSPECIAL,
-    TYPED,
-    Gateway,
-    Nginx,
-    Reply,
-    Storage,
-    boundary_of,
-    parse_byteranges,
-    request,
-)
+from support.http import Reply, boundary_of, parse_byteranges, request
+from support.processes import Gateway, Nginx
+from support.storage import P0, P1, P8M, P64K, PCYR, PSPACES, PSPECIAL, TYPED, Storage
 
 PARITY_FILES = {"64k": P64K, "1b": P1, "8m": P8M}
 

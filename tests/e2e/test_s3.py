@@ -20,29 +20,13 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
-from s3_support import (
-    MotoServer,
-    bytes_read,
-    file_url,
-    gateway_s3_env,
-    key_for,
-    random_bytes,
-    running_moto,
-    s3_client,
-    sha256,
-    storage_urls,
-)
-from servers import (
-    MIB,
-    Gateway,
-    Reply,
-    download_sha256,
-    new_key,
-    parse_byteranges,
-    poll,
-    request,
-    running_gateway,
-)
+from support.http import Reply, download_sha256, parse_byteranges, request
+from support.keys import new_key
+from support.polling import poll
+from support.proc import bytes_read
+from support.processes import Gateway, running_gateway
+from support.s3 import MotoServer, gateway_s3_env, key_for, random_bytes, running_moto, s3_client, sha256, storage_urls
+from support.storage import MIB, file_url
 
 BUCKET = "recordings"
 PREFIX = "archive"

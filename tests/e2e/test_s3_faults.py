@@ -20,21 +20,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from s3_support import (
+from support.http import Reply, request, split_base
+from support.keys import new_key
+from support.ops import metric_total
+from support.polling import poll
+from support.proc import accept_queue, tcp_sockets_to
+from support.processes import Gateway, running_gateway
+from support.s3 import (
     FAST_FAILURE_ENV,
     MotoServer,
-    accept_queue,
-    file_url,
     gateway_s3_env,
     key_for,
-    metric_total,
     random_bytes,
     running_moto,
     s3_client,
     storage_urls,
-    tcp_sockets_to,
 )
-from servers import MIB, Gateway, Reply, new_key, poll, request, running_gateway, split_base
+from support.storage import MIB, file_url
 
 BUCKET = "faults"
 PREFIX = "pre"

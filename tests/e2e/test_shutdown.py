@@ -16,8 +16,12 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
-from ops_support import HeldDownload, connect_refused, hold_download, new_connection, wait_exit
-from servers import MIB, Gateway, Storage, new_key, poll, split_base, start_gateway, stop_process
+from support.http import split_base
+from support.keys import new_key
+from support.ops import HeldDownload, connect_refused, hold_download, new_connection
+from support.polling import poll
+from support.processes import Gateway, start_gateway, stop_process, wait_exit
+from support.storage import MIB, Storage
 
 BIG = "/ops-shutdown/recording-24m.wav"
 

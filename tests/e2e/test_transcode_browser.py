@@ -20,11 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser import chromium
-from ops_support import metric, scrape
 from playwright.sync_api import Browser, Page
-from recordings import make_audio
-from servers import FIXED_MTIME, Gateway, new_key, running_gateway
+from support.browser import chromium
+from support.keys import new_key
+from support.ops import metric, scrape
+from support.processes import Gateway, running_gateway
+from support.recordings import make_audio
+from support.storage import FIXED_MTIME
 
 SECONDS = 600
 SEEK_BEFORE_END = 20

@@ -32,20 +32,14 @@ from urllib.parse import quote
 
 import av
 import pytest
-from ops_support import Samples, metric, scrape
-from recordings import make_audio
-from s3_support import gateway_s3_env, running_moto, s3_client
-from servers import (
-    FIXED_MTIME,
-    Gateway,
-    Reply,
-    new_key,
-    parse_byteranges,
-    poll,
-    request,
-    running_gateway,
-    split_base,
-)
+from support.http import Reply, parse_byteranges, request, split_base
+from support.keys import new_key
+from support.ops import Samples, metric, scrape
+from support.polling import poll
+from support.processes import Gateway, running_gateway
+from support.recordings import make_audio
+from support.s3 import gateway_s3_env, running_moto, s3_client
+from support.storage import FIXED_MTIME
 
 from gateway.links.signing import LinkSigner
 

@@ -17,20 +17,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import pytest
-from ops_support import by_labels, held_download, json_lines, scrape
-from servers import (
-    HOST,
-    MIB,
-    P64K,
-    Gateway,
-    Reply,
-    Storage,
-    new_key,
-    poll,
-    running_gateway,
-    split_base,
-    undecryptable_token,
-)
+from support.http import HOST, Reply, split_base
+from support.keys import new_key, undecryptable_token
+from support.ops import by_labels, held_download, json_lines, scrape
+from support.polling import poll
+from support.processes import Gateway, running_gateway
+from support.storage import MIB, P64K, Storage
 
 TRUSTED = "127.0.0.1, 10.0.0.0/8"
 UNTRUSTED_SOURCE = "127.0.0.2"  # any 127/8 address is local on Linux; not in TRUSTED

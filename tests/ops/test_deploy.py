@@ -28,11 +28,11 @@ from urllib.parse import urlsplit
 import kubernetes_validate
 import pytest
 import yaml
-from ops_support import CONTRACT_METRICS
+from support.ops import CONTRACT_METRICS
 
 from gateway.config import load_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 DOCKERFILE = DEPLOY / "Dockerfile"

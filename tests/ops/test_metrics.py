@@ -17,37 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from ops_support import (
-    CONTRACT_METRICS,
-    Samples,
-    by_label,
-    by_labels,
-    children,
-    connection_owner,
-    delta,
-    gauge,
-    held_download,
-    scrape,
-    wait_exit,
-)
 from prometheus_client.parser import text_string_to_metric_families
-from recordings import make_audio
-from servers import (
-    HOST,
-    MIB,
-    P64K,
-    Gateway,
-    Storage,
-    free_port,
-    new_key,
-    poll,
-    request,
-    running_gateway,
-    split_base,
-    start_gateway,
-    stop_process,
-    undecryptable_token,
-)
+from support.http import HOST, request, split_base
+from support.keys import new_key, undecryptable_token
+from support.ops import CONTRACT_METRICS, Samples, by_label, by_labels, delta, gauge, held_download, scrape
+from support.polling import poll
+from support.proc import children, connection_owner
+from support.processes import Gateway, free_port, running_gateway, start_gateway, stop_process, wait_exit
+from support.recordings import make_audio
+from support.storage import MIB, P64K, Storage
 
 BIG = "/ops-metrics/big-32m.bin"
 CALL = "/ops-metrics/call-gsm.wav"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gateway.links.tokens import decrypt_token, encrypt_path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _block_after(marker: str) -> str:
@@ -38,7 +38,7 @@ def test_first_command_serves_the_printed_sample_link(tmp_path: Path) -> None:
     import urllib.request
     import wave
 
-    from servers import _wait_ready, free_port, stop_process
+    from support.processes import free_port, stop_process, wait_ready
 
     port = free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith(("GATEWAY_", "PROMETHEUS_"))}
@@ -53,7 +53,7 @@ def test_first_command_serves_the_printed_sample_link(tmp_path: Path) -> None:
             start_new_session=True,
         )
     try:
-        _wait_ready(f"http://127.0.0.1:{port}", "/healthz", process, log, "storage-gateway serve (dev default)")
+        wait_ready(f"http://127.0.0.1:{port}", "/healthz", process, log, "storage-gateway serve (dev default)")
         links = re.findall(r"(?:download|play):\s+(\S+)", log.read_text(encoding="utf-8"))
         assert len(links) == 4  # two samples, each to download and to play
         for link in links:

@@ -1,6 +1,6 @@
-"""Helpers for the operations tests: scraping metrics, held-open downloads, processes, log lines.
+"""Helpers for the operations tests: scraping metrics, held-open downloads, log lines.
 
-No launcher here: gateways and nginx are started with `servers`.
+No launcher here: gateways and nginx are started with `support.processes`.
 """
 
 from __future__ import annotations
@@ -8,17 +8,16 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
+import re
 import socket
-import subprocess
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
-from servers import HOST, poll, split_base
+
+from .http import split_base
+from .polling import poll
 
 K = TypeVar("K")
 # The contract's metrics: names and types are part of the product's outside (../shared/CONTRACT.md;
@@ -81,6 +80,21 @@ def delta(after: Mapping[K, float], before: Mapping[K, float]) -> dict[K, float]
     """Increase of each series; series that did not move are left out."""
     moved = {key: value - before.get(key, 0.0) for key, value in after.items()}
     return {key: value for key, value in moved.items() if value != 0}
+
+
+_SAMPLE = re.compile(r"^(\w+)\{([^}]*)\}\s+(\S+)$", re.MULTILINE)
+
+
+def metric_total(metrics_text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels` (0 when there are none)."""
+    total = 0.0
+    for match in _SAMPLE.finditer(metrics_text):
+        if match[1] != name:
+            continue
+        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match[2]))
+        if all(found.get(label) == value for label, value in labels.items()):
+            total += float(match[3])
+    return total
 
 
 # -- a download held open -----------------------------------------------------
@@ -193,52 +207,6 @@ def new_connection(base_url: str, wait: float = 1.0) -> str:
 def connect_refused(base_url: str) -> bool:
     """Whether a new TCP connection is refused right now."""
     return new_connection(base_url) == "refused"
-
-
-# -- processes -----------------------------------------------------------------
-
-
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            found += [int(child) for child in (task / "children").read_text().split()]
-    return found
-
-
-def _socket_inode(server_port: int, client_port: int) -> int | None:
-    """The inode of the server side of the 127.0.0.1 connection server_port <- client_port."""
-    local = f"{socket.inet_aton(HOST)[::-1].hex().upper()}:{server_port:04X}"
-    remote_port = f":{client_port:04X}"
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[1] == local and fields[2].endswith(remote_port):
-            return int(fields[9])
-    return None
-
-
-def connection_owner(pids: list[int], server_port: int, client_port: int) -> int:
-    """Which of `pids` holds the accepted socket of the connection from `client_port`."""
-    inode = _socket_inode(server_port, client_port)
-    assert inode, f"no server socket for the connection from port {client_port}"
-    wanted = f"socket:[{inode}]"
-    for pid in pids:
-        for entry in Path(f"/proc/{pid}/fd").iterdir():
-            with contextlib.suppress(OSError):
-                if os.readlink(entry) == wanted:
-                    return pid
-    raise AssertionError(f"none of {pids} holds {wanted}")
-
-
-def wait_exit(process: subprocess.Popen[bytes], timeout: float) -> int | None:
-    """The exit status, or None if the process is still running after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        code = process.poll()
-        if code is not None:
-            return code
-        time.sleep(0.05)
-    return process.poll()
 
 
 # -- logs ------------------------------------------------------------------------

@@ -1,35 +1,31 @@
-"""Process and HTTP helpers for the end-to-end tests.
+"""Real server processes for the end-to-end tests: `storage-gateway serve` and `api`, and nginx.
 
-Starts the real `storage-gateway serve` process and a real nginx serving the
-same storage folder, and talks to them with `http.client` (which sends the
-request target exactly as given: no normalisation of `%3D`, `=`, `..`).
+Each starts in its own session (so its whole group can be signalled), logs
+to a file under the test's work directory, and counts as started when its
+probe answers 200; `running_*` stop it again (SIGTERM, then SIGKILL).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import json
 import os
-import re
-import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 from urllib.parse import quote
 
-from gateway.links.tokens import TokenError, decrypt_token, encrypt_path
+from gateway.links.tokens import encrypt_path
 
-T = TypeVar("T")
+from .http import HOST, Reply, request
+from .storage import file_url
 
-HOST = "127.0.0.1"
 START_TIMEOUT = 20.0  # seconds a server gets to answer its first request
 STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
 
@@ -39,211 +35,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
-
-
-def new_key() -> bytes:
-    return secrets.token_bytes(32)
-
-
-# -- the storage folder -----------------------------------------------------
-
-KIB = 1024
-MIB = 1024 * KIB
-
-# Storage paths, as they appear inside link tokens.
-P64K = "/random-64k.mp3"
-P1 = "/one-byte.wav"
-P0 = "/empty.mp3"
-P8M = "/big-8m.ogg"
-PCYR = "/звонок клиента.mp3"
-PSPACES = "/name with spaces.mp3"
-PSPECIAL = "/odd ?#&%+= name.mp3"
-P16 = "/pad16/abcde.mp3"  # 16 UTF-8 bytes: token needs `==` padding
-P32 = "/pad32/abcdefghijklmnopqrstu.mp3"  # 32 UTF-8 bytes: token needs `=` padding
-PTREE = "/300/2017-02-17-11-05-04_in_300_uhl4.mp3"
-TYPED = {
-    "/types/a.mp3": "audio/mpeg",
-    "/types/a.wav": "audio/wav",
-    "/types/a.ogg": "audio/ogg",
-    "/types/a.opus": "audio/ogg",
-    "/types/a.m4a": "audio/mp4",
-    "/types/a.webm": "video/webm",
-    "/types/a.mp4": "video/mp4",
-    "/types/a.MP3": "audio/mpeg",
-    "/types/a.unknownext": "application/octet-stream",
-    "/types/noextension": "application/octet-stream",
-}
-FIXED_MTIME = 1487329504  # 2017-02-17 11:05:04 UTC: validators stay the same between runs
-SECRET_MARKER = b"SECRET-OUTSIDE-THE-ROOT-" + secrets.token_hex(16).encode()
-
-
-@dataclass
-class Storage:
-    """The storage root, its known files, and a secret file outside it."""
-
-    root: Path
-    outside: Path  # a sibling of root holding `secret`
-    contents: dict[str, bytes] = field(default_factory=dict)
-
-    def file(self, path: str) -> Path:
-        return self.root / path.lstrip("/")
-
-    def data(self, path: str) -> bytes:
-        return self.contents[path]
-
-    def size(self, path: str) -> int:
-        return self.file(path).stat().st_size
-
-    def add(self, path: str, data: bytes) -> Path:
-        target = self.file(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-        self.contents[path] = data
-        return target
-
-
-def fill_storage(storage: Storage) -> None:
-    assert len(P16.encode()) == 16 and len(P32.encode()) == 32
-    storage.add(P64K, os.urandom(64 * KIB))
-    storage.add(P1, b"\xa5")
-    storage.add(P0, b"")
-    storage.add(P8M, os.urandom(8 * MIB))
-    storage.add(PCYR, os.urandom(3000))
-    storage.add(PSPACES, os.urandom(2000))
-    storage.add(PSPECIAL, os.urandom(1000))
-    storage.add(P16, os.urandom(1600))
-    storage.add(P32, os.urandom(3200))
-    storage.add(PTREE, os.urandom(40_000))
-    for path in TYPED:
-        storage.add(path, os.urandom(100))
-    for path in storage.contents:
-        os.utime(storage.file(path), (FIXED_MTIME, FIXED_MTIME))
-
-
-# -- HTTP ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reply:
-    """One HTTP response, read whole."""
-
-    status: int
-    headers: http.client.HTTPMessage
-    body: bytes
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name)
-
-
-def request(
-    base_url: str,
-    target: str,
-    method: str = "GET",
-    headers: Mapping[str, str] | None = None,
-    body: bytes | None = None,
-    timeout: float = 30.0,
-) -> Reply:
-    """Send one request with the target exactly as given and read the whole answer."""
-    host, port = split_base(base_url)
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request(method, target, body=body, headers=dict(headers or {}))
-        response = conn.getresponse()
-        data = response.read()
-        return Reply(response.status, response.headers, data)
-    finally:
-        conn.close()
-
-
-def split_base(base_url: str) -> tuple[str, int]:
-    match = re.fullmatch(r"http://([^:/]+):(\d+)", base_url)
-    assert match, base_url
-    return match.group(1), int(match.group(2))
-
-
-def raw_exchange(base_url: str, data: bytes, timeout: float = 10.0) -> bytes:
-    """Write raw request bytes (which should say `Connection: close`) and read until EOF.
-
-    No half-close (shutdown(SHUT_WR)) after the request: uvicorn takes a
-    half-close for a disconnect and drops the response (uvicorn issue #1264).
-    """
-    host, port = split_base(base_url)
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(data)
-        chunks = []
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
-@dataclass(frozen=True)
-class RawResponse:
-    status: int
-    headers: dict[str, str]  # lower-case names; last value wins
-    head: bytes
-    rest: bytes  # everything after the blank line
-
-
-def parse_raw_response(data: bytes) -> RawResponse:
-    head, sep, rest = data.partition(b"\r\n\r\n")
-    assert sep, f"no end of headers in {data[:200]!r}"
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ")[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return RawResponse(status, headers, head, rest)
-
-
-@dataclass(frozen=True)
-class Part:
-    content_type: str | None
-    content_range: str
-    data: bytes
-
-
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
-
-
-def boundary_of(content_type: str) -> str:
-    match = re.fullmatch(r'multipart/byteranges;\s*boundary="?([^";]+)"?', content_type.strip())
-    assert match, f"not multipart/byteranges: {content_type!r}"
-    return match.group(1)
-
-
-def parse_byteranges(content_type: str, body: bytes) -> list[Part]:
-    """Parse a multipart/byteranges body strictly, using each part's Content-Range for its length."""
-    delimiter = b"--" + boundary_of(content_type).encode("latin-1")
-    at = body.find(delimiter)
-    assert at >= 0, "no first delimiter"
-    assert body[:at].strip(b"\r\n") == b"", f"unexpected preamble {body[:at]!r}"
-    pos = at + len(delimiter)
-    parts: list[Part] = []
-    while True:
-        if body[pos : pos + 2] == b"--":
-            assert body[pos + 2 :] in (b"", b"\r\n"), f"trailing bytes after close delimiter: {body[pos + 2 :]!r}"
-            return parts
-        assert body[pos : pos + 2] == b"\r\n", f"bad delimiter line at {pos}"
-        head_end = body.index(b"\r\n\r\n", pos)
-        fields: dict[str, str] = {}
-        for line in body[pos + 2 : head_end].decode("latin-1").split("\r\n"):
-            name, _, value = line.partition(":")
-            fields[name.strip().lower()] = value.strip()
-        content_range = fields["content-range"]
-        match = _CONTENT_RANGE.fullmatch(content_range)
-        assert match, content_range
-        length = int(match.group(2)) - int(match.group(1)) + 1
-        data_start = head_end + 4
-        data = body[data_start : data_start + length]
-        assert len(data) == length, "part shorter than its Content-Range"
-        parts.append(Part(fields.get("content-type"), content_range, data))
-        pos = data_start + length
-        assert body[pos : pos + 2 + len(delimiter)] == b"\r\n" + delimiter, f"no delimiter after part at {pos}"
-        pos += 2 + len(delimiter)
 
 
 # -- processes -------------------------------------------------------------
@@ -256,7 +47,7 @@ def _tail(path: Path, limit: int = 4000) -> str:
         return "(no log)"
 
 
-def _wait_ready(base_url: str, probe: str, process: subprocess.Popen[bytes], log: Path, what: str) -> None:
+def wait_ready(base_url: str, probe: str, process: subprocess.Popen[bytes], log: Path, what: str) -> None:
     """Poll `probe` until it answers 200; fail with the process's log if it dies or never answers."""
     deadline = time.monotonic() + START_TIMEOUT
     last_error = "no attempt"
@@ -304,7 +95,7 @@ def gateway_environment(
     """
     env = {name: value for name, value in os.environ.items() if not name.startswith("GATEWAY_")}
     env["GATEWAY_KEY"] = ",".join(key.hex() for key in keys)
-    env["GATEWAY_STORAGE"] = storage_url if storage_url is not None else "file://" + quote(str(storage_root.resolve()))
+    env["GATEWAY_STORAGE"] = storage_url if storage_url is not None else file_url(storage_root)
     env.update(extra_env or {})
     return env
 
@@ -413,7 +204,7 @@ def _start_command(
             start_new_session=True,
         )
     base_url = f"http://{HOST}:{port}"
-    _wait_ready(base_url, "/healthz", process, log, f"storage-gateway {command}")
+    wait_ready(base_url, "/healthz", process, log, f"storage-gateway {command}")
     return process, base_url, log
 
 
@@ -608,7 +399,7 @@ def start_nginx(
         )
     base_url = f"http://{HOST}:{port}"
     try:
-        _wait_ready(base_url, probe, process, log, "nginx")
+        wait_ready(base_url, probe, process, log, "nginx")
     except RuntimeError as exc:
         raise RuntimeError(f"{exc}\nstderr:\n{_tail(prefix / 'stderr.log')}") from None
     return Nginx(process, base_url, prefix, root)
@@ -629,66 +420,12 @@ def running_nginx(
         stop_process(nginx.process)
 
 
-# -- /proc -----------------------------------------------------------------
-
-
-def open_fds_to(pid: int, path: Path) -> int:
-    """How many of `pid`'s file descriptors point at `path` (or at it deleted)."""
-    target = str(path)
-    count = 0
-    fd_dir = Path(f"/proc/{pid}/fd")
-    for entry in fd_dir.iterdir():
-        try:
-            link = os.readlink(entry)
-        except OSError:
-            continue  # closed meanwhile
-        if link == target or link == target + " (deleted)":
-            count += 1
-    return count
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
-
-
-def poll(probe: Callable[[], T], done: Callable[[T], bool], timeout: float = 5.0, interval: float = 0.05) -> T:
-    """Call `probe` until `done(value)` or `timeout` seconds (a liveness bound, not a timing assertion)."""
+def wait_exit(process: subprocess.Popen[bytes], timeout: float) -> int | None:
+    """The exit status, or None if the process is still running after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if done(value) or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
-
-
-def download_sha256(gateway: Gateway, path: str) -> tuple[int, int, int, str]:
-    """(status, Content-Length, bytes received, sha256) of a GET, read in chunks (never whole in memory)."""
-    host, port = split_base(gateway.base_url)
-    conn = http.client.HTTPConnection(host, port, timeout=60)
-    try:
-        conn.request("GET", gateway.target(path))
-        response = conn.getresponse()
-        digest = hashlib.sha256()
-        received = 0
-        while chunk := response.read(MIB):
-            digest.update(chunk)
-            received += len(chunk)
-        return response.status, int(response.headers["Content-Length"]), received, digest.hexdigest()
-    finally:
-        conn.close()
-
-
-def undecryptable_token(key: bytes) -> str:
-    """A well-formed token that `key` does not decrypt to UTF-8 (reason `decrypt`)."""
-    other = new_key()
-    for number in range(1000):
-        token = encrypt_path(f"/foreign/{number}.mp3", other)
-        try:
-            decrypt_token(token, [key])
-        except TokenError as exc:
-            if exc.reason == "decrypt":
-                return token
-    raise AssertionError("no undecryptable token found")
+    while time.monotonic() < deadline:
+        code = process.poll()
+        if code is not None:
+            return code
+        time.sleep(0.05)
+    return process.poll()

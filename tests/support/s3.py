@@ -4,8 +4,8 @@ moto runs as a separate process (`python -m moto.server`), in its own
 session, so a test can pause it (SIGSTOP: connections are accepted by the
 kernel but nothing answers), resume it (SIGCONT) or kill it outright, and
 see what the gateway does. Also here: the environment that points a gateway
-at it, a boto3 client for arranging buckets and objects, and /proc helpers
-that list a process's TCP connections to a port.
+at it, and a boto3 client for arranging buckets and objects (a process's TCP
+connections to it are read with `support.proc`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from urllib.parse import quote
 
 import boto3
 from botocore.config import Config
-from servers import HOST, START_TIMEOUT, LoggedProcess, free_port
+
+from .http import HOST
+from .processes import START_TIMEOUT, LoggedProcess, free_port
 
 # Credentials moto accepts (it does not check them); the gateway gets the same.
 AWS_ENV = {
@@ -171,10 +173,6 @@ def storage_urls(*urls: str) -> str:
     return ",".join(urls)
 
 
-def file_url(root: Path) -> str:
-    return "file://" + quote(str(root.resolve()))
-
-
 def key_for(prefix: str, path: str) -> str:
     """The S3 key the gateway reads for storage path `path` under `prefix` (no slashes at its ends)."""
     return f"{prefix}/{path.lstrip('/')}" if prefix else path.lstrip("/")
@@ -187,110 +185,3 @@ def sha256(data: bytes) -> str:
 def random_bytes(size: int) -> bytes:
     """`size` random bytes, generated in slices (os.urandom is slow on one huge call on some kernels)."""
     return b"".join(os.urandom(min(1 << 20, size - at)) for at in range(0, size, 1 << 20))
-
-
-# -- /proc: a process's TCP connections ---------------------------------------
-
-TCP_STATES = {
-    "01": "ESTABLISHED",
-    "02": "SYN_SENT",
-    "03": "SYN_RECV",
-    "04": "FIN_WAIT1",
-    "05": "FIN_WAIT2",
-    "06": "TIME_WAIT",
-    "07": "CLOSE",
-    "08": "CLOSE_WAIT",
-    "09": "LAST_ACK",
-    "0A": "LISTEN",
-    "0B": "CLOSING",
-}
-
-
-@dataclass(frozen=True)
-class TcpSocket:
-    """One row of /proc/<pid>/net/tcp that belongs to the process (by socket inode)."""
-
-    inode: int
-    local_port: int
-    remote_port: int
-    state: str
-    tx_queue: int  # bytes sent and not yet acknowledged
-    rx_queue: int  # bytes received and not yet read by the process
-
-
-def socket_inodes(pid: int) -> set[int]:
-    """Inodes of the sockets `pid` holds open (from /proc/<pid>/fd)."""
-    inodes = set()
-    for entry in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            link = os.readlink(entry)
-        except OSError:
-            continue  # closed meanwhile
-        if link.startswith("socket:["):
-            inodes.add(int(link[8:-1]))
-    return inodes
-
-
-def tcp_sockets_to(pid: int, remote_port: int) -> list[TcpSocket]:
-    """`pid`'s TCP sockets whose peer is `remote_port`, in any state, while it holds them open."""
-    owned = socket_inodes(pid)
-    found = []
-    for table in ("tcp", "tcp6"):
-        try:
-            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            local, remote, state, queues, inode = fields[1], fields[2], fields[3], fields[4], int(fields[9])
-            if inode not in owned or int(remote.rpartition(":")[2], 16) != remote_port:
-                continue
-            tx, _, rx = queues.partition(":")
-            found.append(
-                TcpSocket(
-                    inode=inode,
-                    local_port=int(local.rpartition(":")[2], 16),
-                    remote_port=remote_port,
-                    state=TCP_STATES.get(state, state),
-                    tx_queue=int(tx, 16),
-                    rx_queue=int(rx, 16),
-                )
-            )
-    return found
-
-
-def accept_queue(pid: int, port: int) -> int:
-    """Connections waiting on `pid`'s listening socket at `port` (a stopped server cannot accept them).
-
-    For a listening socket the kernel reports the accept-queue length as rx_queue.
-    """
-    owned = socket_inodes(pid)
-    for table in ("tcp", "tcp6"):
-        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
-            fields = line.split()
-            if int(fields[9]) in owned and fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
-                return int(fields[4].partition(":")[2], 16)
-    raise AssertionError(f"process {pid} does not listen on port {port}")
-
-
-def bytes_read(pid: int) -> int:
-    """`rchar` of /proc/<pid>/io: every byte the process has read, sockets included."""
-    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        if line.startswith("rchar:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no rchar in /proc/{pid}/io")
-
-
-_SAMPLE = re.compile(r"^(\w+)\{([^}]*)\}\s+(\S+)$", re.MULTILINE)
-
-
-def metric_total(metrics_text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels` (0 when there are none)."""
-    total = 0.0
-    for match in _SAMPLE.finditer(metrics_text):
-        if match[1] != name:
-            continue
-        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match[2]))
-        if all(found.get(label) == value for label, value in labels.items()):
-            total += float(match[3])
-    return total

@@ -119,7 +119,7 @@ def test_empty_environment_variable_does_not_override_file(tmp_path, store):
 
 
 def test_example_config_has_only_known_settings(store):
-    example = Path(__file__).resolve().parent.parent / "config" / "gateway.example.toml"
+    example = Path(__file__).resolve().parents[2] / "config" / "gateway.example.toml"
     settings = load_settings(example, env(store))
     assert settings.keys == (K1,)
     assert settings.public_url == "https://storage.example.com"

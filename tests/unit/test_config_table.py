@@ -9,7 +9,7 @@ from pathlib import Path
 from gateway.config import load_settings
 from gateway.config.settings import markdown_table, rows
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 EXAMPLE = ROOT / "config" / "gateway.example.toml"
 _ASSIGNMENT = re.compile(r"^#?\s*([a-z_]+)\s*=")

@@ -20,16 +20,10 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from servers import (
-    P64K,
-    PTREE,
-    SECRET_MARKER,
-    Gateway,
-    Reply,
-    Storage,
-    new_key,
-    request,
-)
+from support.http import Reply, request
+from support.keys import new_key
+from support.processes import Gateway
+from support.storage import P64K, PTREE, SECRET_MARKER, Storage
 
 NOT_FOUND_BODY = b"Not Found\n"
 URL_SAFE = string.ascii_letters + string.digits + "-_"

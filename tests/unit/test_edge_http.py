@@ -9,29 +9,11 @@ from email.utils import formatdate, parsedate_to_datetime
 from urllib.parse import unquote
 
 import pytest
-from servers import (
-    P0,
-    P1,
-    P8M,
-    P16,
-    P32,
-    P64K,
-    PCYR,
-    PSPACES,
-    PSPECIAL,
-    PTREE,
-    TYPED,
-    Gateway,
-    Reply,
-    Storage,
-    new_key,
-    parse_byteranges,
-    parse_raw_response,
-    poll,
-    raw_exchange,
-    request,
-    split_base,
-)
+from support.http import Reply, parse_byteranges, parse_raw_response, raw_exchange, request, split_base
+from support.keys import new_key
+from support.polling import poll
+from support.processes import Gateway
+from support.storage import P0, P1, P8M, P16, P32, P64K, PCYR, PSPACES, PSPECIAL, PTREE, TYPED, Storage
 
 NOT_FOUND_BODY = b"Not Found\n"
 

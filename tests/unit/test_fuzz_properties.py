@@ -32,7 +32,7 @@ from urllib.parse import quote
 import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
-from servers import parse_byteranges
+from support.http import parse_byteranges
 
 from gateway.config import load_settings
 from gateway.edge.app import create_app

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import av
 import pytest
-from recordings import make_audio, make_video
-from servers import poll
+from support.polling import poll
+from support.recordings import make_audio, make_video
 
 from gateway.config import ConfigError, load_settings
 from gateway.config.settings import Transcode
@@ -733,7 +733,7 @@ def test_bad_transcode_settings_stop_the_start(tmp_path: Path, variable: str, va
 
 
 def test_example_config_documents_the_transcode_section(tmp_path: Path) -> None:
-    example = Path(__file__).resolve().parent.parent / "config" / "gateway.example.toml"
+    example = Path(__file__).resolve().parents[2] / "config" / "gateway.example.toml"
     assert "[transcode]" in example.read_text()
     settings = load_settings(example, settings_env(tmp_path))
     assert settings.transcode.inline is True and settings.transcode.max_conversions >= 1
