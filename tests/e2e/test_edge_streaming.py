@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support.http import download_sha256, request, split_base
+from support.http import download_sha256, receive_head, request, split_base
 from support.polling import poll
 from support.proc import open_fds_to, rss_bytes
 from support.processes import Gateway
@@ -102,18 +102,8 @@ def open_stream(gateway: Gateway, path: str, receive_buffer: int | None = None, 
     sock.settimeout(timeout)
     sock.connect((host, port))
     sock.sendall(f"GET {gateway.target(path)} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed before the headers: {data!r}"
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return Stream(sock, int(lines[0].split()[1]), headers, rest)
+    head = receive_head(sock)
+    return Stream(sock, head.status, head.headers, head.rest)
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Self
 
 import pytest
-from support.http import request, split_base
+from support.http import parse_raw_response, request, split_base
 from support.keys import new_key
 from support.ops import by_label, gauge, scrape
 from support.polling import poll
@@ -142,16 +142,6 @@ def record_figures(tmp_path: Path, name: str, figures: dict[str, object]) -> Pat
 # -- raw HTTP clients -------------------------------------------------------------------------
 
 
-def parse_head(data: bytes) -> tuple[int, dict[str, str], bytes]:
-    head, _, rest = data.partition(b"\r\n\r\n")
-    first, *lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(first.split(" ")[1]), headers, rest
-
-
 def request_bytes(target: str, extra: dict[str, str] | None = None) -> bytes:
     lines = [f"GET {target} HTTP/1.1", "Host: test", "Connection: close"]
     lines += [f"{name}: {value}" for name, value in (extra or {}).items()]
@@ -183,7 +173,8 @@ async def slow_download(base_url: str, target: str, seconds: float) -> SlowResul
             if not chunk:
                 raise AssertionError(f"closed before the headers: {data!r}")
             data += chunk
-        status, headers, rest = parse_head(data)
+        head = parse_raw_response(data)
+        status, headers, rest = head.status, head.headers, head.rest
         length = int(headers.get("content-length", "-1"))
         digest = hashlib.sha256(rest)
         received = len(rest)
@@ -370,7 +361,7 @@ def vanish(base_url: str, target: str, index: int) -> socket.socket | None:
         chunk = sock.recv(16 * KIB)
         assert chunk, f"closed after {len(data)} bytes"
         data += chunk
-    assert parse_head(data)[0] == 200
+    assert parse_raw_response(data).status == 200
     return sock
 
 
@@ -454,7 +445,8 @@ def test_file_truncated_under_many_downloads_ends_each_short_and_others_are_serv
         other = request(gateway.base_url, gateway.target(OTHER))
         assert (other.status, other.body) == (200, files.other)
         for index, (sock, data) in enumerate(sockets):
-            status, headers, _ = parse_head(data)
+            head = parse_raw_response(data)
+            status, headers = head.status, head.headers
             assert status == (200 if index % len(kinds) == 0 else 206), headers
             length = int(headers["content-length"])
             received = len(drain(sock, data)[1])
@@ -585,7 +577,8 @@ def s3_rig(tmp_path: Path) -> Iterator[S3Rig]:
 
 def drain(sock: socket.socket, head: bytes) -> tuple[int, bytes]:
     """Read a response whose headers are in `head` until the server closes or resets it."""
-    status, _, body = parse_head(head)
+    parsed = parse_raw_response(head)
+    status, body = parsed.status, parsed.rest
     received = bytearray(body)
     while True:
         try:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support.http import Reply, request, split_base
+from support.http import Reply, receive_head, request, split_base
 from support.keys import new_key
 from support.ops import metric_total
 from support.polling import poll
@@ -155,18 +155,10 @@ def start_download(rig: Rig, path: str, opened: list[Download]) -> Download:
     download = Download(sock, 0, {}, bytearray())
     opened.append(download)
     sock.sendall(f"GET {rig.gateway.target(path)} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed before the headers: {data!r}"
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    download.status = int(lines[0].split()[1])
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        download.headers[name.strip().lower()] = value.strip()
-    download.received += rest
+    head = receive_head(sock)
+    download.status = head.status
+    download.headers.update(head.headers)
+    download.received += head.rest
     return download
 
 

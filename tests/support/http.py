@@ -1,9 +1,10 @@
 """HTTP to a real server: one request, raw bytes on a socket, and the parsers for what comes back.
 
 `request` uses `http.client`, which sends the request target exactly as
-given: no normalisation of `%3D`, `=`, `..`. `parse_raw_response` reads the
-head of a response taken off a socket; `parse_byteranges` reads a
-`multipart/byteranges` body strictly.
+given: no normalisation of `%3D`, `=`, `..`. `parse_raw_response` is the one
+reader of the head of a response taken off a socket (`receive_head` reads
+one and parses it), for every test that talks on a socket of its own;
+`parse_byteranges` reads a `multipart/byteranges` body strictly.
 """
 
 from __future__ import annotations
@@ -98,6 +99,16 @@ def parse_raw_response(data: bytes) -> RawResponse:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     return RawResponse(status, headers, head, rest)
+
+
+def receive_head(sock: socket.socket, bufsize: int = 65536) -> RawResponse:
+    """Read from `sock` until the end of the response's headers (what came with them is in `rest`)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(bufsize)
+        assert chunk, f"connection closed before the headers: {data!r}"
+        data += chunk
+    return parse_raw_response(data)
 
 
 def download_sha256(gateway: Gateway, path: str) -> tuple[int, int, int, str]:

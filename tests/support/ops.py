@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .http import split_base
+from .http import receive_head, split_base
 from .polling import poll
 
 K = TypeVar("K")
@@ -160,18 +160,8 @@ def hold_download(
     lines = [f"GET {target} HTTP/1.1", "Host: test", "Connection: close"]
     lines += [f"{name}: {value}" for name, value in (extra_headers or {}).items()]
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        assert chunk, f"connection closed before the headers: {data!r}"
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    first, *fields = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for field in fields:
-        name, _, value = field.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return HeldDownload(sock, int(first.split(" ")[1]), headers, bytearray(rest))
+    head = receive_head(sock, 4096)
+    return HeldDownload(sock, head.status, head.headers, bytearray(head.rest))
 
 
 @contextlib.contextmanager
