@@ -4,11 +4,12 @@ test_tokens, test_paths, test_ranges and test_conditions check the codec,
 confinement and parsers on well-formed inputs and against models; here each
 gets arbitrary text (what a client can put in a URL or a header) and must
 only ever answer or refuse in the documented way. The last part drives the
-whole edge in process (`create_app`, fake ASGI receive/send) with random
-methods, tokens, query strings and headers over a real directory with a
-secret outside it and symlinks leading out: never a 5xx, never an
-exception out of the app, never a byte from outside the root, and every
-answer consistent (Content-Length, Content-Range, the bytes of the file).
+whole edge in process (`create_app` with its lifespan run, through
+`support.asgi`) with random methods, tokens, query strings and headers over
+a real directory with a secret outside it and symlinks leading out: never a
+5xx, never an exception out of the app, never a byte from outside the root,
+and every answer consistent (Content-Length, Content-Range, the bytes of
+the file).
 
 The atheris harness (tests/fuzz/fuzz_gateway.py) fuzzes the same functions
 coverage-guided; test_fuzz_atheris.py runs it for a bounded time.
@@ -16,7 +17,6 @@ coverage-guided; test_fuzz_atheris.py runs it for a bounded time.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import itertools
@@ -27,15 +27,13 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
+from support.edge import InProcessEdge, running_edge
 from support.http import parse_byteranges
 
-from gateway.config import load_settings
-from gateway.edge.app import create_app
 from gateway.http.conditions import if_range_allows, precondition_status
 from gateway.http.ranges import RangeNotSatisfiable, parse_range
 from gateway.links.paths import PathRefused, confine
@@ -237,73 +235,15 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
 
 
 @pytest.fixture(scope="module")
-def edge(site: Site) -> Iterator[object]:
+def edge(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessEdge]:
     environ = {
-        "GATEWAY_KEY": KEY.hex(),
-        "GATEWAY_STORAGE": "file://" + quote(str(site.root)),
         "GATEWAY_ACCESS_LOG": "false",
         "GATEWAY_CHUNK_SIZE": str(256 * 1024),
         "GATEWAY_DISK_CACHE_SECONDS": "0",
         "GATEWAY_TRANSCODE_INLINE": "false",  # (read only where transcoding exists: no ffmpeg runs here)
     }
-    yield create_app(load_settings(environ=environ))
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-    complete: bool  # the last body message said more_body False
-
-
-async def call(app: object, method: str, target: str, headers: list[tuple[bytes, bytes]]) -> Answer:
-    path, _, query = target.partition("?")
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode("utf-8", "surrogateescape"),
-        "query_string": query.encode("latin-1", "replace"),
-        "root_path": "",
-        "headers": [(b"host", b"test"), *headers],
-        "client": ("127.0.0.1", 12345),
-        "server": ("127.0.0.1", 8080),
-    }
-    requested = False
-    forever: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    async def receive() -> dict[str, object]:
-        nonlocal requested
-        if not requested:
-            requested = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await forever  # the client stays: never a disconnect
-        raise AssertionError("unreachable")
-
-    answer = Answer(0, {}, b"", False)
-    body = bytearray()
-
-    async def send(message: dict[str, object]) -> None:
-        if message["type"] == "http.response.start":
-            assert answer.status == 0, "two response starts"
-            answer.status = int(message["status"])  # type: ignore[arg-type]
-            for name, value in message.get("headers", []):  # type: ignore[attr-defined]
-                answer.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
-        else:
-            assert message["type"] == "http.response.body", message
-            assert answer.status, "body before the response start"
-            assert not answer.complete, "body after the last message"
-            body.extend(message.get("body", b""))  # type: ignore[arg-type]
-            answer.complete = not message.get("more_body", False)
-
-    await asyncio.wait_for(app(scope, receive, send), 30)  # type: ignore[operator]
-    forever.cancel()
-    answer.body = bytes(body)
-    return answer
+    with running_edge(site.root, [KEY], tmp_path_factory.mktemp("fuzz-edge-work"), extra_env=environ) as running:
+        yield running
 
 
 SEGMENTS = [
@@ -387,9 +327,9 @@ methods = st.one_of(
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
 
-def check_answer(edge: object, site: Site, method: str, target: str, headers: list[tuple[str, str]]) -> None:
+def check_answer(edge: InProcessEdge, site: Site, method: str, target: str, headers: list[tuple[str, str]]) -> None:
     wire = [(name.encode(), value.encode("latin-1")) for name, value in headers]
-    answer = asyncio.run(call(edge, method, target, wire))
+    answer = edge.served.call(method, target, wire)
     status = answer.status
     multipart = "multipart" in answer.headers.get("content-type", "")
     event(f"{method if method in ('GET', 'HEAD') else 'other'} {status}{' multipart' if multipart else ''}")
@@ -428,7 +368,7 @@ def check_answer(edge: object, site: Site, method: str, target: str, headers: li
 )
 @given(method=methods, target=targets, query=queries, headers=request_headers)
 def test_the_edge_answers_any_request_consistently(
-    edge: object, site: Site, method: str, target: str, query: str, headers: list[tuple[str, str]]
+    edge: InProcessEdge, site: Site, method: str, target: str, query: str, headers: list[tuple[str, str]]
 ) -> None:
     check_answer(edge, site, method, target + ("?" + query if query else ""), headers)
 
@@ -443,7 +383,7 @@ def test_the_edge_answers_any_request_consistently(
     headers=st.one_of(st.tuples(st.just("range"), ranges).map(lambda pair: [pair]), request_headers),
 )
 def test_the_edge_answers_any_ranges_and_conditions_on_real_files_consistently(
-    edge: object, site: Site, method: str, path: str, query: str, headers: list[tuple[str, str]]
+    edge: InProcessEdge, site: Site, method: str, path: str, query: str, headers: list[tuple[str, str]]
 ) -> None:
     target = "/" + encrypt_path(path, KEY) + ("?" + query if query else "")
     check_answer(edge, site, method, target, headers)
