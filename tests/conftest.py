@@ -22,7 +22,7 @@ if os.environ.get("CI"):
 
 from support.keys import new_key
 from support.processes import Gateway, Nginx, running_gateway, running_nginx
-from support.storage import SECRET_MARKER, Storage, fill_storage
+from support.storage import SECRET_MARKER, Hostile, Storage, fill_storage, hostile_files
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +59,10 @@ def nginx(storage: Storage, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     """A real nginx serving the same storage folder at /files/."""
     with running_nginx(storage.root, tmp_path_factory.mktemp("nginx")) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def hostile(storage: Storage) -> Iterator[Hostile]:
+    """Odd files under /hostile/ in the storage folder: a FIFO, a socket, symlinks out and in, a locked file."""
+    with hostile_files(storage) as files:
+        yield files

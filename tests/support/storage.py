@@ -3,13 +3,17 @@
 One folder serves every module that needs it (tests/conftest.py makes it
 once per session); the real gateway, nginx and the in-process edge all serve
 it, so answers can be compared byte for byte. Modules that need odd files
-(FIFOs, symlinks, a 256 MiB file) add them under their own subdirectory.
+(FIFOs, symlinks, a 256 MiB file) add them under their own subdirectory;
+`hostile_files` makes those of the hostile-input tests, under /hostile/.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -90,3 +94,70 @@ def fill_storage(storage: Storage) -> None:
 def file_url(root: Path) -> str:
     """The `file://` storage URL of a directory (GATEWAY_STORAGE)."""
     return "file://" + quote(str(root.resolve()))
+
+
+# -- odd files, for the hostile-input tests ------------------------------------------
+
+
+@dataclass
+class Hostile:
+    """Odd files inside the root, under /hostile/."""
+
+    fifo: str
+    socket: str
+    escape: str  # symlink to the secret outside the root
+    alias: str  # relative symlink to a file inside the root
+    absolute_alias: str  # absolute symlink to a file inside the root
+    out_dir: str  # symlinked directory pointing outside; the secret is inside it
+    loop: str
+    environ: str  # symlink to the server's own /proc/self/environ (a gateway process's holds the key)
+    passwd: str
+    locked: str  # mode 000
+    locked_data: bytes
+
+
+@contextlib.contextmanager
+def hostile_files(storage: Storage) -> Iterator[Hostile]:
+    """Make the odd files under /hostile/ (again, if a module before made them), and unlock them afterwards."""
+    base = storage.root / "hostile"
+    base.mkdir(exist_ok=True)
+    if not os.path.lexists(base / "pipe.mp3"):
+        os.mkfifo(base / "pipe.mp3")
+    if os.path.lexists(base / "sock.mp3"):
+        (base / "sock.mp3").unlink()  # a socket file outlives its listener
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(base / "sock.mp3"))
+    links = {
+        "escape.mp3": storage.outside / "secret",
+        "alias.mp3": Path("..") / P64K.lstrip("/"),
+        "absolute-alias.mp3": storage.file(PTREE),
+        "outdir": storage.outside,
+        "loop.mp3": base / "loop.mp3",
+        "environ": Path("/proc/self/environ"),
+        "passwd": Path("/etc/passwd"),
+    }
+    for name, target in links.items():
+        if not os.path.lexists(base / name):
+            (base / name).symlink_to(target, target_is_directory=name == "outdir")
+    locked_data = os.urandom(5000)
+    if os.path.lexists(base / "locked.mp3"):
+        (base / "locked.mp3").chmod(0o644)
+    (base / "locked.mp3").write_bytes(locked_data)
+    (base / "locked.mp3").chmod(0)
+    try:
+        yield Hostile(
+            fifo="/hostile/pipe.mp3",
+            socket="/hostile/sock.mp3",
+            escape="/hostile/escape.mp3",
+            alias="/hostile/alias.mp3",
+            absolute_alias="/hostile/absolute-alias.mp3",
+            out_dir="/hostile/outdir/secret",
+            loop="/hostile/loop.mp3",
+            environ="/hostile/environ",
+            passwd="/hostile/passwd",
+            locked="/hostile/locked.mp3",
+            locked_data=locked_data,
+        )
+    finally:
+        listener.close()
+        (base / "locked.mp3").chmod(0o644)
