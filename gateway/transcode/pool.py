@@ -63,7 +63,7 @@ class ProcessPool:
                 max_workers=self.size,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=worker_started,
-                initargs=(self.idle,),
+                initargs=(self.idle, os.getpid()),
             )
         return self._pool
 
@@ -120,7 +120,7 @@ class ProcessPool:
 # -- in the pool's processes ---------------------------------------------------
 
 
-def worker_started(idle: bool) -> None:
+def worker_started(idle: bool, parent: int) -> None:
     """Initializer of each pool process: deaf to Ctrl-C, gone with its parent, maybe at idle priority.
 
     SCHED_IDLE (Linux): the edge's processes preempt a conversion whenever
@@ -129,7 +129,9 @@ def worker_started(idle: bool) -> None:
     Elsewhere, the highest nice value.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
+    # The parent's pid comes from the parent: one that died while this process was still starting
+    # would otherwise leave it watching pid 1 (seen: converters orphaned for hours).
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
     if not idle:
         return
     try:

@@ -772,3 +772,21 @@ def test_the_quick_probe_agrees_with_ffmpeg_or_leaves_it_to_ffmpeg(tmp_path: Pat
 )  # fmt: skip
 def test_the_quick_probe_leaves_what_it_is_not_sure_of_to_ffmpeg(head: bytes) -> None:
     assert quick_probe(head) is None
+
+
+ORPHANING = """
+import os, time
+from gateway.transcode.pool import ProcessPool
+executor = ProcessPool("orphan", 1, idle=False).start()
+executor.submit(time.sleep, 30)  # its process is still starting (importing) when its parent goes
+print(*(process.pid for process in executor._processes.values()), flush=True)
+os._exit(0)
+"""
+
+
+def test_a_pool_process_whose_parent_dies_while_it_starts_ends_too() -> None:
+    """It must not take pid 1 (or a subreaper) for its parent and live on for ever (seen: for hours)."""
+    done = subprocess.run([sys.executable, "-c", ORPHANING], capture_output=True, text=True, timeout=60, check=True)
+    children = [int(pid) for pid in done.stdout.split()]
+    assert children  # the pool started a process before its parent went
+    assert poll(lambda: [pid for pid in children if not pid_gone(pid)], lambda alive: not alive, timeout=30.0) == []
