@@ -50,7 +50,7 @@ from support.processes import (
 )
 from support.storage import MIB, SECRET_MARKER
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "nginx.conf.example"
+EXAMPLE = Path(__file__).resolve().parents[2] / "nginx.conf.example"
 
 # -- the race ----------------------------------------------------------------------------------
 
