@@ -162,7 +162,8 @@ def long_stereo() -> Recording:
 class Entry:
     recording: Recording
     name: str
-    peaks: str = "ok"  # "ok", "404" (peaks requests answer 404) or "invalid" (not audiowaveform JSON)
+    # "ok", "404" (peaks requests answer 404), "split-404" (only split ones do) or "invalid" (not audiowaveform JSON)
+    peaks: str = "ok"
     duration_known: bool = True  # whether the page is given duration_seconds
 
 
@@ -224,7 +225,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             headers = {"Content-Security-Policy": player.CONTENT_SECURITY_POLICY, "Cache-Control": "no-store"}
             self._send(200, render_page(_view(token, entry)), "text/html; charset=utf-8", headers)
         elif query.get("peaks") == "1":
-            if entry.peaks == "404":
+            if entry.peaks == "404" or (entry.peaks == "split-404" and query.get("split") == "1"):
                 self._send(404, b"no peaks\n", "text/plain")
             elif entry.peaks == "invalid":
                 self._send(200, b'{"version": 2, "channels": 1, "data": "not peaks"}', "application/json")
@@ -279,6 +280,7 @@ STEREO = "Q2FsbC1zdGVyZW8tdG9rZW4"
 MONO = "Q2FsbC1tb25vLXRva2Vu"
 NO_PEAKS = "Q2FsbC1uby1wZWFrcw"
 BAD_PEAKS = "Q2FsbC1iYWQtcGVha3M"
+NO_SPLIT = "Q2FsbC1uby1zcGxpdA"
 LONG = "Q2FsbC10ZW4tbWludXRlcw"
 STEREO_NAME = 'звонок <клиента> & "агент" 2017-02-17.wav'
 
@@ -291,6 +293,7 @@ def server() -> Iterator[Server]:
         MONO: Entry(short_mono(), "mono call.wav"),
         NO_PEAKS: Entry(stereo, "no peaks.wav", peaks="404", duration_known=False),
         BAD_PEAKS: Entry(stereo, "bad peaks.wav", peaks="invalid"),
+        NO_SPLIT: Entry(stereo, "no split peaks.wav", peaks="split-404"),
         LONG: Entry(long_stereo(), "ten minutes.wav"),
     }
     running = Server(entries)
@@ -822,6 +825,23 @@ def test_page_plays_without_a_waveform(open_page: Callable[..., Watched], token:
     # The position slider seeks instead of the waveform.
     page.locator(".seek").fill("15")
     assert abs(current_time(watched) - 15) < 0.5
+    watched.assert_clean()
+
+
+def test_stereo_without_split_peaks_draws_the_mono_waveform(open_page: Callable[..., Watched]) -> None:
+    """Split peaks refused: one waveform from the mono peaks; mute and solo still work (they need no peaks)."""
+    watched = open_page(NO_SPLIT, expect_404_from="split=1")
+    page = watched.page
+    wait_drawn(watched)
+    lanes = lane_pixels(watched)
+    assert len(lanes) == 1
+    assert_painted(lanes[0])
+    assert not page.locator(".lanes").is_visible()
+    page.get_by_role("button", name="Play").click()
+    wait_playing(watched, 0.3)
+    page.get_by_role("button", name="Solo Caller").click()
+    rows = page.locator(".channel")
+    assert [rows.nth(i).get_attribute("data-gain") for i in (0, 1)] == ["1", "0"]
     watched.assert_clean()
 
 

@@ -7,6 +7,19 @@ the edge package as it is:
 - `CONTENT_SECURITY_POLICY` / `content_security_policy(frame_ancestors)`:
   the policy to send with it (the page needs no more than that);
 - `asset(name)`: a static file for `/_player/<name>`, or None.
+
+Wiring it into the request path (what the page assumes):
+
+- `GET /<token>?player=1`: `render_page(...)` as `text/html; charset=utf-8`
+  with `Content-Security-Policy: content_security_policy(<CRM origins>)`;
+  the page holds signed, expiring URLs, so `Cache-Control: private, no-store`.
+- `GET /_player/<name>`: `asset(name)` with its content type and
+  `CACHE_CONTROL` (the page's URLs carry a content hash), 404 for None.
+  The page refers to `_player/...` relative to itself, so the assets must be
+  served next to the token's path segment, prefix included.
+- Every URL in `PlayerView` must be same-origin with the page: the policy
+  allows media and fetch from 'self' only, and Web Audio (mute/solo) hears
+  silence from a cross-origin `<audio>` without CORS.
 """
 
 from __future__ import annotations
