@@ -1,4 +1,4 @@
-"""The listening page (`?player=1`, gateway.player) in a real headless Chromium.
+"""The listening page (`?player=1`, gateway.edge.player) in a real headless Chromium.
 
 A small http.server in a thread plays the gateway's part: the page from
 `render_page` at `/<token>?player=1` with the module's Content-Security-
@@ -41,8 +41,8 @@ import pytest
 from browser import chromium
 from playwright.sync_api import Browser, ConsoleMessage, Page, Request
 
-from gateway import player
-from gateway.player import PlayerView, asset, render_page
+from gateway.edge import player
+from gateway.edge.player import PlayerView, asset, render_page
 
 HOST = "127.0.0.1"
 RATE = 8000

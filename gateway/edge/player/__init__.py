@@ -1,7 +1,8 @@
 """The listening page (`?player=1`): one recording's waveform, playback controls and downloads.
 
-Self-contained, importing nothing else from `gateway`, so it can move with
-the edge package as it is:
+Part of the edge layer (`gateway/edge/`): a page is an answer of the public
+app, and HTML is no concern of the links and renditions below it. It
+imports nothing else from `gateway`:
 
 - `render_page(PlayerView(...))`: the page's HTML bytes;
 - `CONTENT_SECURITY_POLICY` / `content_security_policy(frame_ancestors)`:
