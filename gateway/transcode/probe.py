@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import Any
 
 PROBE_BYTES = 256 * 1024
 
@@ -41,6 +42,8 @@ class Probe:
     audio found). `problem`: why it is not audio the gateway can read.
     `complete`: the whole file was probed, so a problem is final (otherwise
     the head alone may not tell, e.g. an MP4 whose index is at the end).
+    `channels`: of that stream (0: not known); `duration`: seconds, as the
+    container declares it (None: only decoding can tell, an Ogg file say).
     """
 
     container: str | None
@@ -48,6 +51,8 @@ class Probe:
     video: bool
     problem: str | None
     complete: bool
+    channels: int = 0
+    duration: float | None = None
 
     @property
     def audio(self) -> bool:
@@ -59,12 +64,29 @@ class Probe:
         return self.audio and self.codec in PLAYABLE.get(self.container or "", ())
 
 
-def probe(head: bytes, complete: bool) -> Probe:
-    """Probe the first bytes of a file (`complete`: they are the whole file)."""
+class _Head(io.BytesIO):
+    """The first bytes of a file that says it is `size` bytes long (reads past the head find its end).
+
+    FFmpeg works a duration out from the file's size for some formats (a PCM
+    WAV, an MP3 without a Xing header): the head alone would make it short.
+    """
+
+    def __init__(self, head: bytes, size: int) -> None:
+        super().__init__(head)
+        self.size = max(size, len(head))
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_END:
+            return super().seek(self.size + offset)
+        return super().seek(offset, whence)
+
+
+def probe(head: bytes, complete: bool, size: int | None = None) -> Probe:
+    """Probe the first bytes of a file (`complete`: they are the whole file; `size`: the whole file's)."""
     import av  # here: the edge imports PyAV only once it has something to probe
 
     try:
-        container = av.open(io.BytesIO(head), metadata_errors="ignore")
+        container = av.open(_Head(head, size or len(head)), metadata_errors="ignore")
     except (av.FFmpegError, ValueError, UnicodeDecodeError) as exc:
         return Probe(None, None, False, f"not a recording the gateway can read ({_why(exc)})", complete)
     with container:
@@ -76,7 +98,15 @@ def probe(head: bytes, complete: bool) -> Probe:
         context = stream.codec_context
         if context is None or context.codec is None:
             return Probe(name, None, video, "no decoder for its audio", complete)
-        return Probe(name, context.codec.canonical_name, video, None, complete)
+        channels = context.layout.nb_channels or context.channels
+        return Probe(name, context.codec.canonical_name, video, None, complete, channels, _duration(container, stream))
+
+
+def _duration(container: Any, stream: Any) -> float | None:
+    """Seconds the container or the stream declares, if any."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return container.duration / 1_000_000 if container.duration else None
 
 
 def _why(exc: Exception) -> str:

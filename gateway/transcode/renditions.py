@@ -130,17 +130,33 @@ class Renditions:
         Raises Refused (415: no decodable audio) and StorageUnavailable (the
         source's head could not be read).
         """
-        found = await self._probe(file, f"{source}\0{path}\0{file.etag}")
+        found = await self.describe(file, source, path)
         if not wants.explicit:
             if not found.audio or found.playable or found.video:
                 return None
         elif found.problem is not None and found.complete:
             raise _unconvertible(wants, "undecodable", found.problem)
+        _check_channel(found, wants.channel)
         key = hashlib.sha256(f"{source}\0{path}\0{file.etag}\0{wants.variant}".encode()).hexdigest()[:40]
         known = self._unconvertible.get(key)
         if known is not None:
             raise _unconvertible(wants, *known)
         return Rendition(key, derived_etag(file.etag, wants.variant), wants)
+
+    async def describe(self, file: StoredFile, source: str, path: str) -> Probe:
+        """What `file` holds (container, codec, channels, duration), probed once per version.
+
+        Raises StorageUnavailable when its head could not be read.
+        """
+        return await self._probe(file, f"{source}\0{path}\0{file.etag}")
+
+    async def recording(self, file: StoredFile, source: str, path: str, channel: int | None = None) -> Probe:
+        """`describe()`, for a page about the recording: Refused 415 when it is none, 400 when it lacks `channel`."""
+        found = await self.describe(file, source, path)
+        if found.problem is not None and found.complete:
+            raise Refused(415, "undecodable", f"{found.problem}; the file itself is still available without player")
+        _check_channel(found, channel)
+        return found
 
     async def open(self, file: StoredFile, rendition: Rendition) -> RenditionFile:
         """The rendition, from the cache or made now (Refused 503 when conversions are at their limit)."""
@@ -162,7 +178,7 @@ class Renditions:
             head = b"".join(parts)
         complete = len(head) >= file.size
         try:
-            found = await self.prober.run(probe, head, complete)
+            found = await self.prober.run(probe, head, complete, file.size)
         except Exception as exc:  # the process died, or the file made probing fail: remembered, not tried again
             log.error("probing the file with etag %s failed: %r", file.etag, exc)
             found = Probe(None, None, False, "not a recording the gateway can read (probing it failed)", True)
@@ -238,6 +254,9 @@ class Renditions:
                     wants.pixels,
                     self.max_cpu_seconds,
                     self.max_rendition_bytes,
+                    wants.channel,
+                    wants.mask,
+                    wants.split,
                 )
                 await loop.run_in_executor(None, self.cache.store, key)
                 elapsed = time.perf_counter() - started
@@ -271,8 +290,8 @@ class Renditions:
                 active.dec()
                 await loop.run_in_executor(None, self.cache.remove_partial, key)
             log.info(
-                "converted rendition=%s codec=%s format=%s audio=%.1fs in %.3fs",
-                key[:8], rendered.codec, wants.kind, rendered.seconds, elapsed,
+                "converted rendition=%s codec=%s format=%s variant=%s audio=%.1fs in %.3fs",
+                key[:8], rendered.codec, wants.kind, wants.variant, rendered.seconds, elapsed,
             )  # fmt: skip
         finally:
             self.cache.release_key(key)
@@ -287,6 +306,13 @@ class Renditions:
                     await loop.run_in_executor(None, _write_all, fd, data)
         finally:
             await loop.run_in_executor(None, os.close, fd)
+
+
+def _check_channel(found: Probe, channel: int | None) -> None:
+    """Refused 400 when the recording is known to lack `channel` (1-based)."""
+    if channel is not None and found.audio and found.channels and channel > found.channels:
+        plural = "" if found.channels == 1 else "s"
+        raise Refused(400, "channel", f"channel {channel}: the recording has {found.channels} channel{plural}")
 
 
 def _unconvertible(wants: Wanted, reason: str, problem: str) -> Refused:
