@@ -101,6 +101,14 @@ CONVERSIONS_REFUSED = Counter(
     "Rendition requests answered 503 because conversions were at their limit, by output format.",
     ["format"],
 )
+# Views of a recording (gateway.links.views): `view` is player, channel, mask or split; an
+# answer for a view of several (a masked channel) counts once for each.
+VIEWS = Counter(
+    "gateway_views_total",
+    "Edge answers for a view of a recording, by view: player (the listening page), channel, mask or split "
+    "(peaks per channel).",
+    ["view"],
+)
 ACTIVE_CONVERSIONS = Gauge(
     "gateway_active_conversions",
     "Conversions running now, by output format.",

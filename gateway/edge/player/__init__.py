@@ -9,11 +9,12 @@ imports nothing else from `gateway`:
   the policy to send with it (the page needs no more than that);
 - `asset(name)`: a static file for `/_player/<name>`, or None.
 
-Wiring it into the request path (what the page assumes):
+Wired into the request path by `gateway/edge/pages.py` (what the page assumes):
 
 - `GET /<token>?player=1`: `render_page(...)` as `text/html; charset=utf-8`
-  with `Content-Security-Policy: content_security_policy(<CRM origins>)`;
-  the page holds signed, expiring URLs, so `Cache-Control: private, no-store`.
+  with `Content-Security-Policy: content_security_policy(<CORS origins>)`
+  (they may frame it); the page holds signed, expiring URLs, so
+  `Cache-Control: no-store`.
 - `GET /_player/<name>`: `asset(name)` with its content type and
   `CACHE_CONTROL` (the page's URLs carry a content hash), 404 for None.
   The page refers to `_player/...` relative to itself, so the assets must be

@@ -34,10 +34,11 @@ class PlayerView:
     audio_url: str  # what the <audio> plays: the original or, when its codec needs one, a rendition
     peaks_url: str | None  # mono peaks (audiowaveform JSON), None when there are none
     split_peaks_url: str | None  # per-channel peaks, None when there are none
-    download_url: str  # the original
+    download_url: str  # the original (or, for one channel or a masked recording, its WAV)
     download_mp3_url: str
     channels: int | None = None  # 1 or 2; None when unknown (shown as mono)
     duration_seconds: float | None = None
+    download_label: str = "Download original"  # what the first download button says
 
     def __post_init__(self) -> None:
         if self.channels not in (None, 1, 2):
@@ -161,7 +162,7 @@ def render_page(view: PlayerView) -> bytes:
 </div>
 {_channel_rows() if stereo else ""}
 <div class="downloads">
-<a class="btn" href="{_attr(view.download_url)}" download>Download original</a>
+<a class="btn" href="{_attr(view.download_url)}" download>{escape(view.download_label)}</a>
 <a class="btn" href="{_attr(view.download_mp3_url)}" download>Download MP3</a>
 </div>
 <p class="keys">Keys: <kbd>Space</kbd> play/pause · <kbd>←</kbd> <kbd>→</kbd> {KEY_STEP_SECONDS} s back/forward ·
