@@ -62,8 +62,8 @@ class Admitted:
 
     @property
     def handoff(self) -> str | None:
-        """Whether another server sends the bytes ("redirect", "accel"); a rendition never is."""
-        return None if self.rendition is not None else self.storage.handoff
+        """Whether another server sends the bytes ("redirect", "accel"); a rendition or the page never is."""
+        return None if self.rendition is not None or self.view.player else self.storage.handoff
 
     @property
     def status(self) -> int:
