@@ -69,6 +69,8 @@ RENDITION_FAMILIES = {
     "gateway_active_conversions": "gauge",
     # and the revocation list's own (README, "Revocation"; issue #12)
     "gateway_revocation_entries": "gauge",
+    # and the views of a recording (README, "Views of a recording"; issue #15)
+    "gateway_views_total": "counter",
 }
 RENDITION_LABELS = {
     "gateway_conversions": {"codec", "format"},
@@ -78,6 +80,7 @@ RENDITION_LABELS = {
     "gateway_conversion_failures": {"format", "reason"},
     "gateway_active_conversions": {"format"},
     "gateway_revocation_entries": {"kind"},
+    "gateway_views": {"view"},
 }
 
 
