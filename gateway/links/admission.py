@@ -151,7 +151,8 @@ class Admission:
             return first  # the edge decides this without decrypting anything
 
         try:
-            candidates = self.resolver.candidates(token, masked)
+            # Only a signed link carries a mask: an unsigned one (refused above) is read as the legacy link it is.
+            candidates = self.resolver.candidates(token, masked and signed)
         except TokenError as exc:
             if trace is not None:
                 trace.opaque = True
