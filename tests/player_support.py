@@ -66,9 +66,13 @@ def open_watched(
     origin: str,
     width: int = 1280,
     height: int = 800,
-    expect_404_from: str | None = None,
+    expect_failure_from: str | None = None,
+    failure_status: int = 404,
 ) -> tuple[BrowserContext, Watched]:
-    """`url` opened in a new context whose page is watched; `origin`: where its requests may go."""
+    """`url` opened in a new context whose page is watched; `origin`: where its requests may go.
+
+    `expect_failure_from`: a URL part whose answers with `failure_status` are expected (not an error).
+    """
     context = browser.new_context(viewport={"width": width, "height": height})
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
@@ -78,8 +82,8 @@ def open_watched(
         if message.type != "error":
             return
         where = message.location.get("url", "")
-        # Chromium logs every 404 a fetch gets; only the one the test asks for is expected.
-        if expect_404_from and "404" in message.text and expect_404_from in where:
+        # Chromium logs every failed status a fetch gets; only the one the test asks for is expected.
+        if expect_failure_from and f"status of {failure_status}" in message.text and expect_failure_from in where:
             return
         watched.console_errors.append(f"{message.text} ({where})")
 
