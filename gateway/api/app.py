@@ -315,12 +315,13 @@ class LinkAPI:
 
 
 def _fits(found: Probe, wanted: models.LinkRequest) -> None:
-    """400 when the recording is known to lack the channel asked, or to end before a span of the mask."""
-    if not found.audio:
-        return  # not a recording: the edge answers that (415) whatever the link says
-    if wanted.channel is not None and found.channels and wanted.channel > found.channels:
-        plural = "" if found.channels == 1 else "s"
-        raise _bad("channel", f"the recording has {found.channels} channel{plural}")
+    """400 when the recording is known to lack the channel asked, or to end before a span of the mask.
+
+    Of a file that is not audio nothing is known: the edge answers it (415) whatever the link says.
+    """
+    lacking = found.lacking(wanted.channel)
+    if lacking is not None:
+        raise _bad("channel", lacking)
     if found.duration is None:
         return
     for number, (_, end) in enumerate(wanted.mask or (), 1):

@@ -63,6 +63,12 @@ class Probe:
         """Whether browsers play the file as it is."""
         return self.audio and self.codec in PLAYABLE.get(self.container or "", ())
 
+    def lacking(self, channel: int | None) -> str | None:
+        """Why channel `channel` (1-based) cannot be had of this recording, or None (it can, or it is not known)."""
+        if channel is None or not self.audio or not self.channels or channel <= self.channels:
+            return None
+        return f"the recording has {self.channels} channel" + ("" if self.channels == 1 else "s")
+
 
 class _Head(io.BytesIO):
     """The first bytes of a file that says it is `size` bytes long (reads past the head find its end).

@@ -310,15 +310,16 @@ class Renditions:
 
 def _check_channel(found: Probe, channel: int | None) -> None:
     """Refused 400 when the recording is known to lack `channel` (1-based)."""
-    if channel is not None and found.audio and found.channels and channel > found.channels:
-        plural = "" if found.channels == 1 else "s"
-        raise Refused(400, "channel", f"channel {channel}: the recording has {found.channels} channel{plural}")
+    problem = found.lacking(channel)
+    if problem is not None:
+        raise Refused(400, "channel", f"channel {channel}: {problem}")
 
 
 def _unconvertible(wants: Wanted, reason: str, problem: str) -> Refused:
     """415: `reason` is the metric's and the access log's label, `problem` what the client reads."""
     child(CONVERSION_FAILURES, wants.kind, reason).inc()
-    return Refused(415, reason, f"{problem}; {_ORIGINAL_STILL_THERE}")
+    # Never for a masked link: through it, nothing else is available.
+    return Refused(415, reason, problem if wants.mask else f"{problem}; {_ORIGINAL_STILL_THERE}")
 
 
 def _write_all(fd: int, data: bytes) -> None:
