@@ -53,6 +53,8 @@ from servers import (
 )
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "nginx.conf.example"
+CRM = "https://crm.example.com"  # the gateways' CORS origin: nginx passes their decision on in both modes
+CORS_HEADERS = ("Access-Control-Allow-Origin", "Access-Control-Expose-Headers", "Vary")
 MODES = ("offload", "proxy")
 
 
@@ -171,7 +173,7 @@ def gateways(storage: Storage, tmp_path_factory: pytest.TempPathFactory) -> Iter
     """The same key and files: one gateway hands files to nginx, the other streams them."""
     key = new_key()
     root = storage.root.resolve()
-    common = {"GATEWAY_TRUSTED_PROXIES": HOST}
+    common = {"GATEWAY_TRUSTED_PROXIES": HOST, "GATEWAY_CORS_ORIGINS": CRM}
     with (
         running_gateway(
             root,
@@ -269,6 +271,9 @@ CASES: list[Case] = [
     ("if-none-match-other", P64K, "GET", lambda s: {"If-None-Match": '"0-0"'}, ""),
     ("if-modified-since", P64K, "GET", lambda s: {"If-Modified-Since": date_of(s, P64K)}, ""),
     ("if-range", P64K, "GET", lambda s: {"If-Range": etag_of(s, P64K), "Range": "bytes=0-9"}, ""),
+    ("cors-range", P8M, "GET", lambda s: {"Origin": CRM, "Range": "bytes=100-199"}, ""),
+    ("cors-other-origin", P64K, "GET", lambda s: {"Origin": "https://elsewhere.example.com"}, ""),
+    ("cors-if-none-match", P64K, "GET", lambda s: {"Origin": CRM, "If-None-Match": etag_of(s, P64K)}, ""),
 ]
 
 
@@ -280,7 +285,7 @@ def compare(direct: Reply, through: Reply) -> None:
         # gateway's own 416 says no-store): the protocol field must agree.
         assert through.header("Content-Range") == direct.header("Content-Range")
         return
-    for name in ("ETag", "Last-Modified", "Cache-Control", "Content-Range"):
+    for name in ("ETag", "Last-Modified", "Cache-Control", "Content-Range", *CORS_HEADERS):
         assert (name, through.header(name)) == (name, direct.header(name))
     if direct.status == 304:
         assert through.body == direct.body == b""
