@@ -423,3 +423,19 @@ def test_the_probe_tells_channels_and_the_declared_duration_from_the_head(tmp_pa
     data = buffer.getvalue()
     found = probe(data[: 256 * 1024], False, len(data))
     assert (found.channels, found.duration) == (2, 60.0)
+
+
+def test_cors_origins_are_a_setting_of_the_environment_and_of_toml(tmp_path: Path) -> None:
+    from gateway.config import ConfigError, load_settings
+
+    base = {"GATEWAY_KEY": "00" * 32, "GATEWAY_STORAGE": tmp_path.as_uri()}
+    assert load_settings(None, base).edge.cors_origins == ()
+    listed = {**base, "GATEWAY_CORS_ORIGINS": "https://CRM.example.com, http://10.0.0.5:8080"}
+    assert load_settings(None, listed).edge.cors_origins == ("https://crm.example.com", "http://10.0.0.5:8080")
+    config = tmp_path / "gateway.toml"
+    config.write_text('[edge]\ncors_origins = ["https://crm.example.com", "https://crm2.example.com:8443"]\n')
+    assert load_settings(config, base).edge.cors_origins == ("https://crm.example.com", "https://crm2.example.com:8443")
+    for bad in ("*, https://crm.example.com", "https://crm.example.com/app", "null"):
+        with pytest.raises(ConfigError) as refused:
+            load_settings(None, {**base, "GATEWAY_CORS_ORIGINS": bad})
+        assert "GATEWAY_CORS_ORIGINS" in str(refused.value)
