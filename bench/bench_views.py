@@ -277,8 +277,10 @@ def app_cost(root: Path, calls: int) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="page opens to take the median of, cold and cached")
-    parser.add_argument("--rounds", type=int, default=5, help="wrk pairs with and without Origin (median ratio)")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    # Many short pairs rather than a few long ones: on a shared host a pair moves by tens of percent
+    # when other load comes and goes, and only the median of many interleaved pairs says something.
+    parser.add_argument("--rounds", type=int, default=21, help="wrk pairs with and without Origin (median ratio)")
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--calls", type=int, default=20000, help="in-process app calls each way")
     parser.add_argument("--output", type=Path, default=RESULTS)
