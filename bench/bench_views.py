@@ -323,7 +323,7 @@ def main() -> int:
     verdict = "PASS" if cost < TARGET_CORS_COST else "BELOW"
     print(f"CORS headers on 64 KiB GETs: {cost:.2%} of the request rate (target < 2%): {verdict}")
     print(f"  in the app: {app['without_origin_us']} us per request without Origin, {app['with_allowed_origin_us']} "
-          f"with: +{app['added_us']} us, {app['added_share_of_a_request']:.2%} of a request at wrk's rate")  # fmt: skip
+          f"with: {app['added_us']:+} us, {app['added_share_of_a_request']:.2%} of a request at wrk's rate")  # fmt: skip
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     return 0
