@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +33,6 @@ class Watched:
     console_errors: list[str] = field(default_factory=list)
     page_errors: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
-    expected_errors: list[Callable[[ConsoleMessage], bool]] = field(default_factory=list)
 
     def problems(self) -> str:
         return f"console errors {self.console_errors}, page errors {self.page_errors}"
