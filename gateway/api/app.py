@@ -3,8 +3,9 @@
 It shares the services of the edge (keys, storages, revocations, the link
 admission), built by `services`, and issues links the edge serves: plain
 legacy links (byte for byte what the telephony platform makes) or signed
-links when an expiry, a download name or inline playback is asked for (or
-when the edge refuses unsigned links). Requests and answers are the types
+links when an expiry, a download name, inline playback or a view (the
+listening page, a channel, a mask) is asked for (or when the edge refuses
+unsigned links). Requests and answers are the types
 of `models`; the OpenAPI document is made from them and the route table.
 
 Clients authenticate with a bearer token; only its SHA-256 is configured
@@ -34,11 +35,13 @@ from ..config import ConfigError, Settings, load_settings
 from ..links.clients import ApiClient
 from ..links.inspect import LinkReport, NotALink, iso8601
 from ..links.issuing import Issuer
+from ..links.masks import MaskError, canonical
 from ..links.paths import PathRefused, confine
 from ..links.resolver import Unresolved
 from ..links.tokens import TokenError
 from ..services import Services, build_services
 from ..storage import StorageUnavailable
+from ..transcode.probe import Probe
 from . import models
 from .openapi import Operation, document
 
@@ -195,6 +198,11 @@ class LinkAPI:
         client limited to a prefix gets links only to recordings that exist
         (their names are not chosen by it); in strict mode every link is
         signed over its whole token, and links may be made ahead.
+
+        A channel and a mask are checked against the recording when it
+        exists (its channels, its duration as its container declares it); a
+        link made ahead of the recording cannot be, and the edge then
+        silences a span past the end only as far as the recording goes.
         """
         try:
             confined = confine(wanted.path)
@@ -202,24 +210,45 @@ class LinkAPI:
             raise _bad("path", f"refused: {exc}") from None
         if not client.allows(confined):
             raise ApiError(403, f"path: outside this client's prefix {client.display_prefix}", "path")
-        if client.scoped and not self.issuer.require_signed:
-            await self._must_exist(confined)
+        try:
+            mask = canonical(wanted.mask or ())
+        except MaskError as exc:
+            raise _bad("mask", str(exc)) from None
+        must_exist = client.scoped and not self.issuer.require_signed
+        checked = bool(mask) or wanted.channel is not None
+        if must_exist or checked:
+            found = await self._recording(confined, must_exist, checked)
+            if found is not None:
+                _fits(found, wanted)
         issued = self.issuer.issue(
-            confined, expires_in=wanted.expires_in, inline=bool(wanted.inline), filename=wanted.filename
+            confined,
+            expires_in=wanted.expires_in,
+            inline=bool(wanted.inline),
+            filename=wanted.filename,
+            player=bool(wanted.player),
+            channel=wanted.channel,
+            mask=mask,
         )
         expires_at = None if issued.expires_at is None else iso8601(issued.expires_at)
         return models.Link(issued.record_url, expires_at, issued.path, issued.signed)
 
-    async def _must_exist(self, confined: str) -> None:
+    async def _recording(self, confined: str, must_exist: bool, describe: bool) -> Probe | None:
+        """What the recording holds (when `describe`), or None; 404 when it `must_exist` and does not."""
+        unknown = "the storage cannot say now whether the recording exists; retry"
         try:
-            file, _, _ = await self.services.resolver.lookup([confined])
+            file, path, storage = await self.services.resolver.lookup([confined])
         except Unresolved:
-            raise ApiError(404, "path: no such recording", "path") from None
+            if must_exist:
+                raise ApiError(404, "path: no such recording", "path") from None
+            return None
         except StorageUnavailable:
-            raise ApiError(
-                503, "path: the storage cannot say now whether the recording exists; retry", "path"
-            ) from None
-        await file.close()
+            raise ApiError(503, f"path: {unknown}", "path") from None
+        try:
+            return await self.services.renditions.describe(file, storage.name, path) if describe else None
+        except StorageUnavailable:
+            raise ApiError(503, f"path: {unknown}", "path") from None
+        finally:
+            await file.close()
 
     async def create_link(self, request: Request) -> Response:
         client = self.authenticate(request)
@@ -283,6 +312,23 @@ class LinkAPI:
 
     async def openapi(self, request: Request) -> Response:
         return Response(self.openapi_document, headers=_NO_STORE, media_type="application/json")
+
+
+def _fits(found: Probe, wanted: models.LinkRequest) -> None:
+    """400 when the recording is known to lack the channel asked, or to end before a span of the mask.
+
+    Of a file that is not audio nothing is known: the edge answers it (415) whatever the link says.
+    """
+    lacking = found.lacking(wanted.channel)
+    if lacking is not None:
+        raise _bad("channel", lacking)
+    if found.duration is None:
+        return
+    for number, (_, end) in enumerate(wanted.mask or (), 1):
+        if end > found.duration + 0.001:  # the mask keeps milliseconds
+            raise _bad(
+                "mask", f"span {number} ends at {end:g} s, after the end of the recording ({found.duration:g} s)"
+            )
 
 
 def _decoded(data: bytes, kind: Any, whole: str = "body") -> Any:

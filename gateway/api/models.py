@@ -15,6 +15,9 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta, Struct
 
+from ..links.masks import MAX_SECONDS, MAX_SPANS
+from ..transcode.spec import MAX_SOURCE_CHANNELS
+
 MAX_BATCH = 1000
 MAX_CHECK = 100
 MAX_EXPIRES_IN = 10 * 366 * 24 * 3600  # ten years: longer is "forever", which is what a plain link is
@@ -43,6 +46,25 @@ FileName = Annotated[
     ),
 ]
 LinkText = Annotated[str, Meta(min_length=1, max_length=MAX_LINK_CHARS, description="a record_url or a bare token")]
+Channel = Annotated[
+    int,
+    Meta(
+        ge=1,
+        le=MAX_SOURCE_CHANNELS,
+        description="that channel of the recording alone, as mono (1-based: 1 is the caller, 2 the agent); signed link",
+    ),
+]
+Seconds = Annotated[float, Meta(ge=0, le=MAX_SECONDS, description="seconds from the start of the recording")]
+Span = Annotated[tuple[Seconds, Seconds], Meta(description="[start, end] in seconds, start before end")]
+MaskSpans = Annotated[
+    list[Span],
+    Meta(
+        max_length=MAX_SPANS,
+        description="spans to silence, inside the recording: the link (always signed) serves a rendition of the "
+        "same duration with them silent, in every form, and never the original",
+        examples=[[[10, 20], [50.5, 55]]],
+    ),
+]
 
 
 class LinkRequest(Struct, forbid_unknown_fields=True):
@@ -52,6 +74,9 @@ class LinkRequest(Struct, forbid_unknown_fields=True):
     expires_in: ExpiresIn | None = None
     filename: FileName | None = None
     inline: bool | None = None
+    player: Annotated[bool, Meta(description="the listening page for the recording (signed link)")] | None = None
+    channel: Channel | None = None
+    mask: MaskSpans | None = None
 
 
 class LinkBatch(Struct, forbid_unknown_fields=True):

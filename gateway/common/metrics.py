@@ -118,6 +118,14 @@ CONVERSION_WAIT = Histogram(
     ["format"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+# Views of a recording (gateway.links.views): `view` is player, channel, mask or split; an
+# answer for a view of several (a masked channel) counts once for each.
+VIEWS = Counter(
+    "gateway_views_total",
+    "Edge answers for a view of a recording, by view: player (the listening page), channel, mask or split "
+    "(peaks per channel).",
+    ["view"],
+)
 ACTIVE_CONVERSIONS = Gauge(
     "gateway_active_conversions",
     "Conversions running now, by output format.",

@@ -98,6 +98,11 @@ class Edge:
         "also serve `/metrics` on the public port; off, it is the plain `404` there (its labels tell refusal "
         "reasons apart, which the public `404` must not)",
     )  # fmt: skip
+    cors_origins: tuple[str, ...] = setting(
+        "GATEWAY_CORS_ORIGINS", sources.origins, (),
+        "origins whose pages may fetch links and their views (CORS), comma-separated (or a TOML list), or `*` "
+        "for any; they may also frame the listening page (see \"Views of a recording\")", shown="—",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

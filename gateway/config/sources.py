@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from ..http.cors import Cors
 from ..http.forwarded import parse_networks
 from ..links.clients import ApiClient, parse_client
 from ..links.tokens import parse_key
@@ -133,3 +134,11 @@ def networks(value: object) -> tuple[str, ...]:
     except ValueError as exc:
         raise Invalid(str(exc)) from None
     return tuple(items)
+
+
+def origins(value: object) -> tuple[str, ...]:
+    """Origins whose pages may fetch links (CORS), comma-separated or a TOML array, or `*` for any."""
+    try:
+        return Cors(nonempty_list(value)).origins
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None

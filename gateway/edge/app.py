@@ -1,4 +1,4 @@
-"""The public edge: `GET`/`HEAD /<token>` plus health endpoints.
+"""The public edge: `GET`/`HEAD /<token>`, the listening page's files, plus health endpoints.
 
 The file route is a plain ASGI callable rather than a Starlette endpoint:
 it is the hot path, and at thousands of requests a second a framework
@@ -9,7 +9,9 @@ is an ordinary Starlette app behind it (`control`).
 A request goes: the link admission decides (`links.admission`: one place,
 the one the link inspector reports from), then the answer is planned
 (`http.plan`, pure) and sent (`http.send`), from the file, from a
-rendition, or handed off to S3 or nginx.
+rendition, or handed off to S3 or nginx; or it is the listening page
+(`pages`). With CORS origins configured, every answer of this route gets
+the CORS headers for its `Origin`, and preflights are answered.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from functools import lru_cache
 from starlette.applications import Starlette
 
 from ..common.media import media_type
-from ..common.metrics import ACTIVE_STREAMS, STORAGE_ERRORS, RequestTally, child, worker_exiting
+from ..common.metrics import ACTIVE_STREAMS, STORAGE_ERRORS, VIEWS, RequestTally, child, worker_exiting
 from ..config import Settings, load_settings
 from ..http.asgi import Message, Receive, Scope, Send
+from ..http.cors import Cors
 from ..http.forwarded import client_address, parse_networks
 from ..http.plan import Representation, plan, representation
 from ..http.query import MAX_QUERY_BYTES, query_params
@@ -41,6 +44,7 @@ from ..transcode.spec import Refused
 from .accesslog import AccessLog
 from .control import control_app
 from .drain import Drain
+from .pages import ASSETS, Pages
 from .protocol import GuardedHttpToolsProtocol
 
 log = logging.getLogger("gateway.edge")
@@ -51,8 +55,8 @@ QUERY_TOO_LONG = Refusal(414, "query", f"query string longer than {MAX_QUERY_BYT
 class Exchange:
     """What one edge request did, for its metrics and its access-log line; its `send` passes messages on."""
 
-    __slots__ = ("backend", "began", "bytes", "detail", "head", "method", "reason", "rejected", "send", "started",
-                 "status")  # fmt: skip
+    __slots__ = ("backend", "began", "bytes", "cors", "detail", "head", "method", "reason", "rejected", "send",
+                 "started", "status", "view")  # fmt: skip
 
     def __init__(self, method: str, send: Send) -> None:
         self.method = method if method == "GET" or method == "HEAD" else "OTHER"
@@ -65,6 +69,8 @@ class Exchange:
         self.reason = ""
         self.detail = ""
         self.rejected = False  # a refused link (gateway_rejected_total), not a view or a storage failure
+        self.view = ""  # the views asked for beyond the plain link (player, channel, mask, split)
+        self.cors: tuple[tuple[bytes, bytes], ...] = ()  # the CORS headers every answer gets, for its Origin
         self.began = time.perf_counter()
 
     async def __call__(self, message: Message) -> None:
@@ -72,6 +78,8 @@ class Exchange:
         if message["type"] == "http.response.start":
             self.status = message["status"]
             self.started = True
+            if self.cors:
+                message = {**message, "headers": [*message["headers"], *self.cors]}
         elif not self.head:
             self.bytes += len(message.get("body", b""))
         await self.send(message)
@@ -90,6 +98,8 @@ class Edge:
         self.trusted_proxies = parse_networks(settings.edge.trusted_proxies)
         self.access_log = AccessLog() if settings.edge.access_log else None
         self.tally = RequestTally()
+        self.cors = Cors(settings.edge.cors_origins)
+        self.pages = Pages(services.signer, self.cors.origins)
         self.drain = Drain()
         self.control = control_app(services.storages, self.drain, self._lifespan, serve_metrics)
         self._control_paths = {route.path for route in self.control.routes}  # type: ignore[attr-defined]
@@ -123,6 +133,8 @@ class Edge:
         """serve(), counted for the metrics and written to the access log."""
         exchange = Exchange(scope["method"], send)
         headers = dict(scope["headers"])
+        if self.cors.origins:
+            exchange.cors = self.cors.headers(headers.get(b"origin"))
         try:
             await self.serve(scope, headers, receive, exchange, exchange)
         finally:
@@ -150,6 +162,8 @@ class Edge:
         if exchange.reason:
             fields["reason"] = exchange.reason
             fields["detail"] = exchange.detail
+        if exchange.view:
+            fields["view"] = exchange.view
         if b"range" in headers:
             fields["range"] = headers[b"range"].decode("latin-1")[:100]
         if b"user-agent" in headers:
@@ -163,20 +177,32 @@ class Edge:
     ) -> None:
         method = scope["method"]
         if method != "GET" and method != "HEAD":
-            await send_reply(send, METHOD_NOT_ALLOWED)
+            preflight = self.cors.preflight(headers) if method == "OPTIONS" else None
+            await send_reply(send, preflight or METHOD_NOT_ALLOWED)
+            return
+        if scope["path"].startswith(ASSETS):
+            await self.pages.send_asset(scope["path"], send)
             return
         token = scope["path"][1:]
         if len(scope["query_string"]) > MAX_QUERY_BYTES:
             await _refuse(send, exchange, QUERY_TOO_LONG)
             return
-        decision = await self.admission.admit(token, query_params(scope["query_string"]))
+        params = query_params(scope["query_string"])
+        decision = await self.admission.admit(token, params)
         if isinstance(decision, Refusal):
             await _refuse(send, exchange, decision)
             return
         exchange.backend = decision.storage.label
         file = decision.file
+        kinds = decision.view.kinds
+        if kinds:
+            exchange.view = ",".join(kinds)
+            for kind in kinds:
+                child(VIEWS, kind).inc()
         try:
-            if decision.rendition is not None:
+            if decision.view.player:
+                await self.pages.send_page(decision, params, send)
+            elif decision.rendition is not None:
                 await self._send_rendition(scope, headers, receive, send, exchange, decision)
             elif decision.handoff is not None:
                 await self._handoff(send, decision)

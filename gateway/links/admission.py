@@ -1,10 +1,12 @@
 """Link admission: everything the edge decides about a request before it touches bytes, written once.
 
 In order: the signature and expiry (or strict mode's refusal of unsigned
-links), decoding and decrypting the token, confining its path, looking the
-file up across keys and storages, revocation, the view asked for, and for
-a rendition the probe of what the file holds. The answer is either what
-to serve (`Admitted`) or one `Refusal` with its status, reason and detail.
+links, and the refusal of a mask on any unsigned link), decoding and
+decrypting the token (a masked link's with the keys for those), confining
+its path, looking the file up across keys and storages, revocation, the
+view asked for, and for a rendition or the listening page the probe of
+what the file holds. The answer is either what to serve (`Admitted`) or
+one `Refusal` with its status, reason and detail.
 
 The edge serves from `admit()`; the link inspector (`/v1/links/resolve`,
 `/v1/links/check`, `storage-gateway link decrypt`) reports from `trace()`,
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 
 from ..common.metrics import STORAGE_ERRORS, child
 from ..storage import Storage, StorageUnavailable, StoredFile
+from ..transcode.probe import Probe
 from ..transcode.renditions import Rendition, Renditions
 from ..transcode.spec import Refused
 from .decision import Refusal, storage_failure
@@ -31,10 +34,12 @@ from .resolver import Candidate, Resolver, Unresolved, confined_paths
 from .revocation import Revocations
 from .signing import EXPIRED, SIGNATURE, UNSIGNED, LinkSigner, expiry
 from .tokens import TokenError
-from .views import View, view
+from .views import MASK, View, view
 
 log = logging.getLogger("gateway.edge")
 REVOKED = Refusal(410, "revoked", "link or file revoked")
+# A mask is a promise that the link never serves the original: only a signature can make it.
+UNSIGNED_MASK = Refusal(403, "mask", "a mask on an unsigned link")
 
 
 @dataclass(slots=True)
@@ -47,7 +52,8 @@ class Admitted:
     path: str  # confined: 300/x.mp3
     storage: Storage
     view: View
-    rendition: Rendition | None  # None: the original
+    rendition: Rendition | None  # None: the original (or the page)
+    recording: Probe | None = None  # for the listening page: what the file holds
 
     @property
     def name(self) -> str:
@@ -56,8 +62,8 @@ class Admitted:
 
     @property
     def handoff(self) -> str | None:
-        """Whether another server sends the bytes ("redirect", "accel"); a rendition never is."""
-        return None if self.rendition is not None else self.storage.handoff
+        """Whether another server sends the bytes ("redirect", "accel"); a rendition or the page never is."""
+        return None if self.rendition is not None or self.view.player else self.storage.handoff
 
     @property
     def status(self) -> int:
@@ -129,11 +135,14 @@ class Admission:
 
     async def _decide(self, token: str, params: Mapping[str, str], trace: Trace | None) -> Decision:
         signed = SIGNATURE in params
+        masked = MASK in params
         first: Refusal | None = None
         if signed:
             first = self.signer.check(token, params, self.clock())
         elif self.require_signed:
             first = UNSIGNED
+        elif masked:
+            first = UNSIGNED_MASK
         if trace is not None:
             trace.signed = signed
             trace.signature_valid = (first is None or first is EXPIRED) if signed else None
@@ -142,7 +151,8 @@ class Admission:
             return first  # the edge decides this without decrypting anything
 
         try:
-            candidates = self.resolver.candidates(token)
+            # Only a signed link carries a mask: an unsigned one (refused above) is read as the legacy link it is.
+            candidates = self.resolver.candidates(token, masked and signed)
         except TokenError as exc:
             if trace is not None:
                 trace.opaque = True
@@ -196,7 +206,7 @@ class Admission:
         storage: Storage,
         trace: Trace | None,
     ) -> Decision:
-        """The steps after the file is found: revocation, the view, the rendition."""
+        """The steps after the file is found: revocation, the view, the rendition or the page's recording."""
         revoked = self.revocations.revoked(token, path)
         if trace is not None:
             trace.revoked = revoked
@@ -206,14 +216,17 @@ class Admission:
         wanted = view(params, signed, self.renditions.inline)
         if isinstance(wanted, Refusal):
             return wanted
-        rendition = None
-        if wanted.rendition is not None:
+        rendition = recording = None
+        if wanted.rendition is not None or wanted.player:
             try:
-                rendition = await self.renditions.plan(file, storage.name, path, wanted.rendition)
+                if wanted.rendition is not None:
+                    rendition = await self.renditions.plan(file, storage.name, path, wanted.rendition)
+                else:
+                    recording = await self.renditions.recording(file, storage.name, path, wanted.channel)
             except Refused as exc:
                 return Refusal(exc.status, exc.reason, exc.message, exc.message, exc.retry_after)
             except StorageUnavailable as exc:
                 log.error("storage %s failed reading token=%s kind=%s: %s", storage.label, token[:8], exc.kind, exc)
                 child(STORAGE_ERRORS, storage.label, exc.kind).inc()
                 return storage_failure(exc.kind)
-        return Admitted(token, signed, file, path, storage, wanted, rendition)
+        return Admitted(token, signed, file, path, storage, wanted, rendition, recording)

@@ -17,7 +17,7 @@ from ..common.caching import LruCache
 from ..common.metrics import STORAGE_ERRORS, child
 from ..storage import NotFound, Storage, StorageUnavailable, StoredFile
 from .paths import PathRefused, confine
-from .tokens import decrypt_token
+from .tokens import decrypt_token, masked_key
 
 log = logging.getLogger("gateway.resolver")
 _REMEMBERED_TOKEN_CHARS = 256  # longer tokens (paths over ~190 bytes) are decoded each time
@@ -44,17 +44,23 @@ class Candidate:
 class Resolver:
     def __init__(self, keys: Sequence[bytes], storages: Sequence[Storage], remembered: int = 16384) -> None:
         self._keys = tuple(keys)
+        self._masked_keys = tuple(masked_key(key) for key in keys)
         self.storages = tuple(storages)
         # Decoding is a pure function of the token: remember it (for short tokens), never the lookup.
         self._candidates: LruCache[str, tuple[Candidate, ...]] = LruCache(remembered)
 
-    def candidates(self, token: str) -> tuple[Candidate, ...]:
-        """Every key's reading of `token`, in key order; TokenError when it does not decode or decrypt."""
-        found = self._candidates.get(token)
+    def candidates(self, token: str, masked: bool = False) -> tuple[Candidate, ...]:
+        """Every key's reading of `token`, in key order; TokenError when it does not decode or decrypt.
+
+        `masked`: the token of a masked link, made with the keys derived for those (`masked_key`).
+        """
+        remembered = "\0" + token if masked else token  # no token holds a NUL
+        found = self._candidates.get(remembered)
         if found is None:
-            found = tuple(_candidate(index, path) for index, path in decrypt_token(token, self._keys))
+            keys = self._masked_keys if masked else self._keys
+            found = tuple(_candidate(index, path) for index, path in decrypt_token(token, keys))
             if len(token) <= _REMEMBERED_TOKEN_CHARS:
-                self._candidates.put(token, found)
+                self._candidates.put(remembered, found)
         return found
 
     async def lookup(self, paths: Sequence[str]) -> tuple[StoredFile, str, Storage]:

@@ -27,7 +27,8 @@ SIGNATURE = "sig"
 EXPIRES = "exp"
 # Every parameter that changes the response is covered by the signature;
 # anything else (a CRM's tracking tag) is ignored, so it cannot break a link.
-SIGNED_PARAMETERS = (EXPIRES, "inline", "filename", "format", "peaks", "pixels")
+# New ones go at the end: a link signed before they existed keeps its signature.
+SIGNED_PARAMETERS = (EXPIRES, "inline", "filename", "format", "peaks", "pixels", "player", "channel", "split", "mask")
 # An expiry is Unix seconds up to the end of year 9999, the last date ISO 8601 reports
 # (and Python's datetime) can write: the link inspector must be able to say it.
 LAST_EXPIRY = 253402300799
@@ -68,7 +69,8 @@ class LinkSigner:
             raise ValueError(f"cannot sign unknown parameters: {', '.join(sorted(unknown))}")
         signature = self._signer.get_signature(_message(token, params)).decode()
         ordered = [(name, params[name]) for name in SIGNED_PARAMETERS if name in params]
-        return urlencode([*ordered, (SIGNATURE, signature)])
+        # Commas stay as they are (RFC 3986 allows them in a query): a mask reads `10-20,50.5-55`.
+        return urlencode([*ordered, (SIGNATURE, signature)], safe=",")
 
     def authentic(self, token: str, params: Mapping[str, str]) -> bool:
         """Whether `sig` is ours over the token and the covered parameters (expiry not checked)."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import re
 from collections.abc import Sequence
 from urllib.parse import parse_qsl, urlsplit
@@ -23,6 +25,7 @@ MIN_TOKEN_CHARS = 22
 MAX_TOKEN_CHARS = 5600
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 _HEX_KEY = re.compile(r"[0-9A-Fa-f]{64}")
+_MASKED_SALT = b"storage-gateway/masked-link/v1"
 
 
 class TokenError(ValueError):
@@ -65,6 +68,18 @@ def encrypt_path(path: str, key: bytes) -> str:
     data += b"\0" * (-len(data) % BLOCK)
     sealed = AES.new(key, AES.MODE_ECB).encrypt(data)
     return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
+
+
+def masked_key(key: bytes) -> bytes:
+    """The AES key a masked link's token is made with: derived from the shared key (HMAC, fixed salt).
+
+    A masked link must never lead to its original, and a signed link's
+    token is otherwise the legacy link itself (drop the query and it plays,
+    unless strict mode is on). Under this key the same path gives another
+    token: read as a legacy link (the shared key) it decrypts to noise, so
+    names nothing, and its blocks cannot be cut into a legacy token either.
+    """
+    return hmac.new(key, _MASKED_SALT, hashlib.sha256).digest()
 
 
 def token_bytes(token: str) -> bytes:

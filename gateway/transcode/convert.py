@@ -2,7 +2,11 @@
 
 `render()` reads a source file (a private copy the orchestrator made),
 decodes its first audio stream with PyAV and writes one output file: a
-16-bit PCM WAV, an MP3, an Opus stream in Ogg, or waveform peaks as JSON.
+16-bit PCM WAV, an MP3, an Opus stream in Ogg, or waveform peaks as JSON
+(one series, or one per channel). Any of them may be of one channel
+alone, and may have spans silenced (a mask): both are done on the decoded
+samples at the source's rate and layout, before any resampling, mixing or
+encoding, so nothing of a masked span's audio reaches any output.
 No HTTP, no cache, no metrics: what it found comes back as a `Rendered`,
 what it could not read as `Undecodable`.
 
@@ -35,15 +39,14 @@ from typing import BinaryIO, cast
 import av
 
 from .cache import PARTIAL_SUFFIX, open_new
-from .peaks import PeaksBuilder, dumps
+from .peaks import PeaksBuilder, dumps, interleaved
 from .probe import PROBE_BYTES
-from .spec import Rendered, TooLarge, TooLong, Undecodable
+from .spec import MAX_SOURCE_CHANNELS, Mask, Rendered, TooLarge, TooLong, Undecodable
 
 # Call recordings are mono or stereo; more channels are mixed down to stereo, and a file
 # claiming more than 8, or a rate no recording has, is not one this gateway converts (a
 # WAV header's byte rate overflows, resamplers refuse odd layouts).
 MAX_CHANNELS = 2
-MAX_SOURCE_CHANNELS = 8
 RATES = (1000, 384_000)
 _LAYOUTS = {1: "mono", 2: "stereo"}
 _BITEXACT = {"fflags": "+bitexact"}
@@ -93,9 +96,14 @@ _ENCODERS = {
 
 
 def render(
-    source: str, target: str, kind: str, pixels: int = 0, cpu_seconds: float = 0.0, max_bytes: int = 2**32 - 2**16
-) -> Rendered:
+    source: str, target: str, kind: str, pixels: int = 0, cpu_seconds: float = 0.0, max_bytes: int = 2**32 - 2**16,
+    channel: int | None = None, mask: Mask = (), split: bool = False,
+) -> Rendered:  # fmt: skip
     """Convert the first audio stream of `source` into `target`: kind "wav", "mp3", "opus" or "peaks".
+
+    `channel` (1-based): that channel alone, as mono. `mask`: (start, end)
+    milliseconds made silent, the duration kept. `split`: peaks with one
+    series per channel.
 
     `cpu_seconds` (0: no limit) bounds the CPU time of this call, so a
     recording of many hours, or a file built to be slow, cannot hold a
@@ -124,13 +132,21 @@ def render(
                 f"its {codec} audio claims {source_channels} channels at {rate} Hz, which no recording has"
             )
         channels = min(source_channels, MAX_CHANNELS)
+        if channel is not None:
+            if channel > source_channels:
+                raise Undecodable(f"the recording has {source_channels} channels: there is no channel {channel}")
+            channels = 1
         frames = _frames(container, stream, budget)
+        if channel is not None or mask or split:
+            frames = _shaped(frames, rate, channel, mask)
         sink = _Bounded(max_bytes)
         if kind == "wav":
             declared = _counted_samples(source, rate, codec, budget)
             if declared is not None and declared > _most_samples(codec, source, source_channels):
                 declared = None  # the container's length is a lie: decode, and declare what was decoded
             samples = _wav(frames, target, rate, channels, declared, sink)
+        elif kind == "peaks" and split:
+            samples = _split_peaks(frames, target, rate, pixels, _estimated_samples(container, stream, rate))
         elif kind == "peaks":
             samples = _peaks(frames, target, rate, pixels, _estimated_samples(container, stream, rate))
         else:
@@ -207,6 +223,35 @@ def _resampled(frames: Iterator[av.AudioFrame], resampler: av.AudioResampler) ->
         except ValueError:
             continue  # a frame whose format changed mid-stream: skipped
     yield from resampler.resample(None)
+
+
+def _shaped(frames: Iterator[av.AudioFrame], rate: int, channel: int | None, mask: Mask) -> Iterator[av.AudioFrame]:
+    """Decoded frames as 16-bit planar samples at the source's rate and layout, masked spans silent.
+
+    With `channel`, only that channel (1-based), as mono. Nothing is mixed
+    or resampled here, so a sample is silenced exactly where it is, and
+    whatever comes after (mixing, resampling, encoding, peaks) only ever
+    sees the masked samples.
+    """
+    spans = [(start * rate // 1000, -(-end * rate // 1000)) for start, end in mask]  # outward to whole samples
+    resampler = av.AudioResampler(format="s16p", rate=rate)  # the source's layout, whatever it is
+    position = 0
+    for frame in _resampled(frames, resampler):
+        count = frame.samples
+        planes = [bytearray(memoryview(plane)[: count * 2]) for plane in frame.planes]
+        if channel is not None:
+            planes = planes[channel - 1 : channel]
+        for start, end in spans:
+            if start < position + count and end > position:
+                first, last = max(start, position) - position, min(end, position + count) - position
+                for plane in planes:
+                    plane[2 * first : 2 * last] = bytes(2 * (last - first))
+        position += count
+        shaped = av.AudioFrame(format="s16p", layout="mono" if channel is not None else frame.layout, samples=count)
+        for plane, data in zip(shaped.planes, planes):
+            plane.update(bytes(data) + bytes(plane.buffer_size - len(data)))
+        shaped.sample_rate = rate
+        yield shaped
 
 
 def _pcm(frame: av.AudioFrame, channels: int) -> memoryview:
@@ -372,6 +417,21 @@ def _peaks(frames: Iterator[av.AudioFrame], target: str, rate: int, pixels: int,
     with open_new(target) as sink:
         sink.write(dumps(builder.finish()))
     return builder.samples
+
+
+def _split_peaks(frames: Iterator[av.AudioFrame], target: str, rate: int, pixels: int, estimate: int | None) -> int:
+    """Peaks of each channel of 16-bit planar frames (`_shaped`), as one audiowaveform document."""
+    builders: list[PeaksBuilder] = []
+    for frame in frames:
+        if not builders:
+            builders = [PeaksBuilder(rate, pixels, estimate) for _ in frame.planes]
+        for builder, plane in zip(builders, frame.planes):
+            builder.add(memoryview(plane)[: frame.samples * 2])
+    if not builders:
+        return 0
+    with open_new(target) as sink:
+        sink.write(dumps(interleaved([builder.finish() for builder in builders])))
+    return builders[0].samples
 
 
 def _estimated_samples(container: av.container.InputContainer, stream: av.AudioStream, rate: int) -> int | None:

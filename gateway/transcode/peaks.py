@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from typing import Any
 
 VERSION = 2
 BITS = 8
@@ -93,6 +94,18 @@ class PeaksBuilder:
             "length": len(self._mins),
             "data": data,
         }
+
+
+def interleaved(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    """One document with a series per channel from one per channel (the same length each), as
+    audiowaveform writes several channels: per pixel, each channel's minimum and maximum in turn."""
+    first = documents[0]
+    series = [document["data"] for document in documents]
+    data = []
+    for pixel in range(first["length"]):
+        for values in series:
+            data += values[2 * pixel : 2 * pixel + 2]
+    return {**first, "channels": len(documents), "data": data}
 
 
 def dumps(document: dict[str, object]) -> bytes:

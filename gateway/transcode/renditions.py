@@ -136,17 +136,33 @@ class Renditions:
         Raises Refused (415: no decodable audio) and StorageUnavailable (the
         source's head could not be read).
         """
-        found = await self._probe(file, f"{source}\0{path}\0{file.etag}")
+        found = await self.describe(file, source, path)
         if not wants.explicit:
             if not found.audio or found.playable or found.video:
                 return None
         elif found.problem is not None and found.complete:
             raise _unconvertible(wants, "undecodable", found.problem)
+        _check_channel(found, wants.channel)
         key = hashlib.sha256(f"{source}\0{path}\0{file.etag}\0{wants.variant}".encode()).hexdigest()[:40]
         known = self._unconvertible.get(key)
         if known is not None:
             raise _unconvertible(wants, *known)
         return Rendition(key, derived_etag(file.etag, wants.variant), wants)
+
+    async def describe(self, file: StoredFile, source: str, path: str) -> Probe:
+        """What `file` holds (container, codec, channels, duration), probed once per version.
+
+        Raises StorageUnavailable when its head could not be read.
+        """
+        return await self._probe(file, f"{source}\0{path}\0{file.etag}")
+
+    async def recording(self, file: StoredFile, source: str, path: str, channel: int | None = None) -> Probe:
+        """`describe()`, for a page about the recording: Refused 415 when it is none, 400 when it lacks `channel`."""
+        found = await self.describe(file, source, path)
+        if found.problem is not None and found.complete:
+            raise Refused(415, "undecodable", f"{found.problem}; the file itself is still available without player")
+        _check_channel(found, channel)
+        return found
 
     async def open(self, file: StoredFile, rendition: Rendition) -> RenditionFile:
         """The rendition, from the cache or made now (Refused 503 when conversions are at their limit)."""
@@ -170,7 +186,7 @@ class Renditions:
         try:
             # The containers PBXs write say what they hold in a few bytes: read here. FFmpeg's
             # demuxers (in a process of their own) only for the rest.
-            found = quick_probe(head) or await self.prober.run(PROBE, head, complete)
+            found = quick_probe(head, file.size) or await self.prober.run(PROBE, head, complete, file.size)
         except Exception as exc:  # noqa: BLE001 - the process died, or the file broke probing: remembered
             log.error("probing the file with etag %s failed: %r", file.etag, exc)
             found = Probe(None, None, False, "not a recording the gateway can read (probing it failed)", True)
@@ -241,6 +257,9 @@ class Renditions:
                     wants.pixels,
                     self.max_cpu_seconds,
                     self.max_rendition_bytes,
+                    wants.channel,
+                    wants.mask,
+                    wants.split,
                 )
                 await loop.run_in_executor(None, self.cache.store, key)
                 elapsed = time.perf_counter() - started
@@ -274,8 +293,8 @@ class Renditions:
                 active.dec()
                 await loop.run_in_executor(None, self.cache.remove_partial, key)
             log.info(
-                "converted rendition=%s codec=%s format=%s audio=%.1fs in %.3fs",
-                key[:8], rendered.codec, wants.kind, rendered.seconds, elapsed,
+                "converted rendition=%s codec=%s format=%s variant=%s audio=%.1fs in %.3fs",
+                key[:8], rendered.codec, wants.kind, wants.variant, rendered.seconds, elapsed,
             )  # fmt: skip
         finally:
             self.cache.release_key(key)
@@ -323,10 +342,18 @@ class Renditions:
             await loop.run_in_executor(None, os.close, fd)
 
 
+def _check_channel(found: Probe, channel: int | None) -> None:
+    """Refused 400 when the recording is known to lack `channel` (1-based)."""
+    problem = found.lacking(channel)
+    if problem is not None:
+        raise Refused(400, "channel", f"channel {channel}: {problem}")
+
+
 def _unconvertible(wants: Wanted, reason: str, problem: str) -> Refused:
     """415: `reason` is the metric's and the access log's label, `problem` what the client reads."""
     child(CONVERSION_FAILURES, wants.kind, reason).inc()
-    return Refused(415, reason, f"{problem}; {_ORIGINAL_STILL_THERE}")
+    # Never for a masked link: through it, nothing else is available.
+    return Refused(415, reason, problem if wants.mask else f"{problem}; {_ORIGINAL_STILL_THERE}")
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from support.http import request
 from support.keys import new_key
-from support.polling import poll
 from support.processes import start_gateway, stop_process
 from support.storage import P64K, Storage
 

@@ -28,7 +28,7 @@ from support.processes import api_client_entry, running_api, running_gateway
 from support.s3 import AWS_ENV, FAST_FAILURE_ENV, running_moto, s3_client
 
 from gateway.links.signing import LinkSigner
-from gateway.links.tokens import encrypt_path
+from gateway.links.tokens import encrypt_path, masked_key
 
 BEARER = "agreement-" + "t" * 30
 PUBLIC = "http://storage.invalid"
@@ -57,6 +57,11 @@ class Case:
 
 def _signed(key: bytes, path: str, params: dict[str, str]) -> str:
     token = encrypt_path(path, key)
+    return f"/{token}?{LinkSigner([key]).sign(token, params)}"
+
+
+def _masked(key: bytes, path: str, params: dict[str, str]) -> str:
+    token = encrypt_path(path, masked_key(key))
     return f"/{token}?{LinkSigner([key]).sign(token, params)}"
 
 
@@ -109,6 +114,15 @@ def test_inspector_and_edge_agree_on_every_kind_of_link(tmp_path: Path) -> None:
         Case("a good view", _plain(key, "/ok.wav", "peaks=1&pixels=100"), 200),
         Case("the last expiry", _signed(key, "/ok.wav", {"exp": "253402300799"}), 200),
         Case("an expiry past year 9999", _signed(key, "/ok.wav", {"exp": "253402300800"}), 403),
+        Case("the listening page", _plain(key, "/ok.wav", "player=1"), 200),
+        Case("the page of what is not audio", _plain(key, "/not-audio.mp3", "player=1"), 415),
+        Case("the page with a format", _plain(key, "/ok.wav", "player=1&format=mp3"), 400),
+        Case("a channel", _plain(key, "/ok.wav", "channel=1"), 200),
+        Case("a channel it lacks", _plain(key, "/ok.wav", "channel=2"), 400),
+        Case("split peaks", _plain(key, "/ok.wav", "peaks=1&split=1"), 200),
+        Case("an unsigned mask", _plain(key, "/ok.wav", "mask=0-0.1"), 403),
+        Case("a signed mask", _masked(key, "/ok.wav", {"mask": "0-0.1"}), 200),
+        Case("a masked page", _masked(key, "/ok.wav", {"mask": "0-0.1", "player": "1"}), 200),
     ]
     with edge_and_api(root, key, tmp_path, env) as (edge_url, api):
         _agree(edge_url, api, cases)

@@ -176,7 +176,13 @@ def test_link_decrypt_with_second_key(tmp_path, store):
 
 @pytest.mark.parametrize(
     "garbage",
-    ["garbage", "!!!!!!!!!!!!!!!!!!!!!!!!", "A" * 23, "https://storage.example.com/short", encrypt_path("/300/x.mp3", K2)],
+    [
+        "garbage",
+        "!!!!!!!!!!!!!!!!!!!!!!!!",
+        "A" * 23,
+        "https://storage.example.com/short",
+        encrypt_path("/300/x.mp3", K2),
+    ],
 )
 def test_link_decrypt_of_garbage_fails_with_a_message(tmp_path, store, garbage):
     done = run_cli(["link", "decrypt", garbage], tmp_path, **env(store))

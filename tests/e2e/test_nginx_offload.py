@@ -39,6 +39,8 @@ from support.processes import Gateway, Nginx, free_port, nginx_binary, running_g
 from support.storage import P8M, P64K, PCYR, PSPECIAL, Storage
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "nginx.conf.example"
+CRM = "https://crm.example.com"  # the gateways' CORS origin: nginx passes their decision on in both modes
+CORS_HEADERS = ("Access-Control-Allow-Origin", "Access-Control-Expose-Headers", "Vary")
 MODES = ("offload", "proxy")
 
 
@@ -157,7 +159,7 @@ def gateways(storage: Storage, tmp_path_factory: pytest.TempPathFactory) -> Iter
     """The same key and files: one gateway hands files to nginx, the other streams them."""
     key = new_key()
     root = storage.root.resolve()
-    common = {"GATEWAY_TRUSTED_PROXIES": HOST}
+    common = {"GATEWAY_TRUSTED_PROXIES": HOST, "GATEWAY_CORS_ORIGINS": CRM}
     with (
         running_gateway(
             root,
@@ -255,6 +257,9 @@ CASES: list[Case] = [
     ("if-none-match-other", P64K, "GET", lambda s: {"If-None-Match": '"0-0"'}, ""),
     ("if-modified-since", P64K, "GET", lambda s: {"If-Modified-Since": date_of(s, P64K)}, ""),
     ("if-range", P64K, "GET", lambda s: {"If-Range": etag_of(s, P64K), "Range": "bytes=0-9"}, ""),
+    ("cors-range", P8M, "GET", lambda s: {"Origin": CRM, "Range": "bytes=100-199"}, ""),
+    ("cors-other-origin", P64K, "GET", lambda s: {"Origin": "https://elsewhere.example.com"}, ""),
+    ("cors-if-none-match", P64K, "GET", lambda s: {"Origin": CRM, "If-None-Match": etag_of(s, P64K)}, ""),
 ]
 
 
@@ -266,7 +271,7 @@ def compare(direct: Reply, through: Reply) -> None:
         # gateway's own 416 says no-store): the protocol field must agree.
         assert through.header("Content-Range") == direct.header("Content-Range")
         return
-    for name in ("ETag", "Last-Modified", "Cache-Control", "Content-Range"):
+    for name in ("ETag", "Last-Modified", "Cache-Control", "Content-Range", *CORS_HEADERS):
         assert (name, through.header(name)) == (name, direct.header(name))
     if direct.status == 304:
         assert through.body == direct.body == b""

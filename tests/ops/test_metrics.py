@@ -50,6 +50,8 @@ RENDITION_FAMILIES = {
     # and the revocation list's and the access log's own (README, "Operations"; issues #12, #13)
     "gateway_revocation_entries": "gauge",
     "gateway_access_log_dropped_total": "counter",
+    # and the views of a recording (README, "Views of a recording"; issue #15)
+    "gateway_views_total": "counter",
 }
 RENDITION_LABELS = {
     "gateway_conversions": {"codec", "format"},
@@ -62,6 +64,7 @@ RENDITION_LABELS = {
     "gateway_conversions_queued": set(),
     "gateway_conversion_wait_seconds": {"format"},
     "gateway_access_log_dropped": set(),
+    "gateway_views": {"view"},
 }
 
 

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -146,6 +147,27 @@ class Gateway(LoggedProcess):
     def target(self, path: str, key: bytes | None = None) -> str:
         """The request target (`/<token>`) for a storage path."""
         return "/" + self.token(path, key)
+
+    def log_mark(self, timeout: float = 5.0) -> int:
+        """An offset in `log` after which only the access lines of requests made from now on appear.
+
+        The access log is written by a thread after the answer is sent, so
+        `log_size()` may fall before lines of requests already answered. A
+        request for a marker path (refused: no such link) and a wait for its
+        line make sure they are out: one worker writes its lines in order.
+        """
+        marker = secrets.token_hex(4)
+        request(self.base_url, "/" + marker)
+        needle = f'"token":"{marker}"'.encode()
+        deadline = time.monotonic() + timeout
+        while True:
+            data = self.log.read_bytes()
+            found = data.find(needle)
+            if found >= 0:
+                return data.index(b"\n", found) + 1
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the access line of /{marker} did not appear within {timeout}s")
+            time.sleep(0.02)
 
 
 def start_gateway(

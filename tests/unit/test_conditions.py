@@ -50,7 +50,7 @@ def test_if_none_match_hit_is_304_for_get_and_head(method, header):
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
-@pytest.mark.parametrize("header", [OTHER, f'W/{OTHER}', '"a", "b"', OPAQUE, '""', f'"{OPAQUE}x"', "garbage"])
+@pytest.mark.parametrize("header", [OTHER, f"W/{OTHER}", '"a", "b"', OPAQUE, '""', f'"{OPAQUE}x"', "garbage"])
 def test_if_none_match_miss_decides_nothing(method, header):
     assert status(method, if_none_match=header) is None
 

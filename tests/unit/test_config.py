@@ -55,7 +55,9 @@ def test_environment_only(store):
     assert settings.keys == (K1,)
     assert settings.storages == (FileStorage(root=store.resolve()),)
     assert settings.dev_dir is None
-    assert settings.edge.max_ranges == 16 and settings.edge.chunk_size == 512 * 1024 and settings.edge.access_log is True
+    assert (
+        settings.edge.max_ranges == 16 and settings.edge.chunk_size == 512 * 1024 and settings.edge.access_log is True
+    )
 
 
 def test_toml_file_values(tmp_path, store):
@@ -65,7 +67,7 @@ def test_toml_file_values(tmp_path, store):
 key = "{K1_HEX}"
 storage = "{store.as_uri()}"
 public_url = "https://storage.example.com/"
-api_clients = "crm:{'ab' * 32}:/300/"
+api_clients = "crm:{"ab" * 32}:/300/"
 
 [edge]
 cache_control = "no-store"

@@ -109,7 +109,7 @@ def test_cyrillic_name_gets_utf8_filename_star(inline):
     kind, params = parse_disposition(value)
     assert kind == ("inline" if inline else "attachment")
     assert params["filename*"].startswith("UTF-8''%D0%B7%D0%B2")
-    assert unquote(params["filename*"][len("UTF-8''"):]) == name
+    assert unquote(params["filename*"][len("UTF-8''") :]) == name
     assert params["filename"].isascii()
     assert params["filename"].endswith(".mp3")
     assert effective_name(value) == name

@@ -78,8 +78,7 @@ def test_body_parses_back_with_the_email_package(file_and_spans):
     length, parts, closing = multipart_plan(spans, len(data), "audio/wav", boundary)
     body = assemble(data, parts, closing)
     message = email.message_from_bytes(
-        f"Content-Type: multipart/byteranges; boundary={boundary}\r\n"
-        f"Content-Length: {length}\r\n\r\n".encode() + body,
+        f"Content-Type: multipart/byteranges; boundary={boundary}\r\nContent-Length: {length}\r\n\r\n".encode() + body,
         policy=policy.HTTP,
     )
     assert message.is_multipart()

@@ -128,7 +128,11 @@ FIXED_VECTORS = [
     # { printf '%s' '/300/录音 📞 a?b#c&d%e+f=g.mp3'; head -c 14 /dev/zero; } | openssl enc -aes-256-ecb -nopad -K 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f -a -A | tr '+/' '-_' | tr -d '='
     (K, "/300/录音 📞 a?b#c&d%e+f=g.mp3", "rUXZaiv5XmaE0Fk66LjjPZoDslG9ZOzC9OuxVaKRekjSDT3hAgE7RlbzJHzWobok"),
     # { printf '%s' '/300/2017-02-17-11-05-04_in_300_uhl4.mp3'; head -c 8 /dev/zero; } | openssl enc -aes-256-ecb -nopad -K 603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4 -a -A | tr '+/' '-_' | tr -d '='
-    (KEY2_HEX, "/300/2017-02-17-11-05-04_in_300_uhl4.mp3", "oSvEwPfXIUbNs4aJoy2t99Ek7sgKOodswpalr3x7w-bU3T6NEvMN465RioCl_BGX"),
+    (
+        KEY2_HEX,
+        "/300/2017-02-17-11-05-04_in_300_uhl4.mp3",
+        "oSvEwPfXIUbNs4aJoy2t99Ek7sgKOodswpalr3x7w-bU3T6NEvMN465RioCl_BGX",
+    ),
 ]
 
 
@@ -250,7 +254,8 @@ def test_wrong_key_practically_never_yields_utf8():
     # A fixed, seeded sample: deterministic, so it cannot flake.
     rng = random.Random(20240217)
     paths = [
-        "/" + "/".join(rng.choice(["300", "301", "archive", "звонки"]) for _ in range(2))
+        "/"
+        + "/".join(rng.choice(["300", "301", "archive", "звонки"]) for _ in range(2))
         + f"/{rng.randrange(10**9)}_{''.join(rng.choices('abcxyz_-', k=rng.randrange(1, 40)))}.mp3"
         for _ in range(300)
     ]

@@ -752,7 +752,10 @@ QUICK = {
 @pytest.mark.parametrize("name", [*QUICK, "call.opus", "g722.wav", "call.m4a"])
 def test_the_quick_probe_agrees_with_ffmpeg_or_leaves_it_to_ffmpeg(tmp_path: Path, name: str) -> None:
     """What PBXs write is read without FFmpeg, and read as FFmpeg reads it; the rest is left to FFmpeg."""
-    args = QUICK.get(name) or {"call.opus": ["-c:a", "libopus"], "g722.wav": ["-c:a", "g722"], "call.m4a": ["-c:a", "aac"]}[name]
+    args = (
+        QUICK.get(name)
+        or {"call.opus": ["-c:a", "libopus"], "g722.wav": ["-c:a", "g722"], "call.m4a": ["-c:a", "aac"]}[name]
+    )
     rate = 48000 if name == "call.opus" else 16000 if name == "g722.wav" else 8000
     head = make_audio(tmp_path / name, 1, args, rate=rate).read_bytes()[:PROBE_BYTES]
     quick, full = quick_probe(head), probe(head, True)
