@@ -21,8 +21,8 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.applications import Starlette
@@ -49,6 +49,7 @@ log = logging.getLogger("gateway.api")
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 CONCURRENCY = 16  # lookups at once for one batch or check
+T = TypeVar("T")
 NOT_A_LINK = "not a link this gateway opens"
 _NO_STORE = {"cache-control": "no-store"}
 _REALM = 'Bearer realm="storage-gateway"'
@@ -259,16 +260,11 @@ class LinkAPI:
     async def create_links(self, request: Request) -> Response:
         client = self.authenticate(request)
         batch: models.LinkBatch = await self.body(request, models.LinkBatch)
-        gate = asyncio.Semaphore(CONCURRENCY)
 
-        async def one(item: msgspec.Raw) -> models.Link | models.Error:
-            async with gate:
-                try:
-                    return await self.issue(client, _decoded(item, models.LinkRequest))
-                except ApiError as exc:
-                    return exc.body()
+        async def one(item: msgspec.Raw) -> models.Link:
+            return await self.issue(client, _decoded(item, models.LinkRequest))
 
-        results = await asyncio.gather(*(one(item) for item in batch.links))
+        results = await _each(batch.links, one)
         log.info("link API: client=%s batch of %d", client.id, len(batch.links))
         return _json(models.Links(list(results)))
 
@@ -291,18 +287,13 @@ class LinkAPI:
     async def check(self, request: Request) -> Response:
         client = self.authenticate(request)
         wanted: models.CheckRequest = await self.body(request, models.CheckRequest)
-        gate = asyncio.Semaphore(CONCURRENCY)
 
-        async def one(item: msgspec.Raw) -> models.CheckedLink | models.Error:
-            async with gate:
-                try:
-                    link = _decoded(item, models.LinkText, whole="link")
-                    report = await self.report(client, link, read_head=True)
-                except ApiError as exc:
-                    return exc.body()
+        async def one(item: msgspec.Raw) -> models.CheckedLink:
+            link = _decoded(item, models.LinkText, whole="link")
+            report = await self.report(client, link, read_head=True)
             return msgspec.convert({"link": link, **report.as_json()}, models.CheckedLink)
 
-        results = await asyncio.gather(*(one(item) for item in wanted.links))
+        results = await _each(wanted.links, one)
         return _json(models.CheckedLinks(list(results)))
 
     # -- open endpoints -----------------------------------------------------
@@ -312,6 +303,20 @@ class LinkAPI:
 
     async def openapi(self, request: Request) -> Response:
         return Response(self.openapi_document, headers=_NO_STORE, media_type="application/json")
+
+
+async def _each(items: list[msgspec.Raw], work: Callable[[msgspec.Raw], Awaitable[T]]) -> list[T | models.Error]:
+    """`work` on every item of a batch, CONCURRENCY at a time, in order; an item it refuses is its error."""
+    gate = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(item: msgspec.Raw) -> T | models.Error:
+        async with gate:
+            try:
+                return await work(item)
+            except ApiError as exc:
+                return exc.body()
+
+    return list(await asyncio.gather(*(one(item) for item in items)))
 
 
 def _fits(found: Probe, wanted: models.LinkRequest) -> None:

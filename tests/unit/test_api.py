@@ -12,9 +12,6 @@ import base64
 import contextlib
 import hashlib
 import hmac
-import io
-import os
-import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +19,19 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from starlette.testclient import TestClient
+from support.linkapi import (
+    ALL,
+    CRM,
+    FILES,
+    K1,
+    K2,
+    MP3,
+    OTHER,
+    PUBLIC,
+    entry,
+    plant,
+    settings_env,
+)
 
 from gateway.api import app as api_module
 from gateway.api.app import build_api
@@ -32,42 +42,7 @@ from gateway.links.clients import parse_client as api_client
 from gateway.links.signing import LinkSigner
 from gateway.links.tokens import encrypt_path
 
-K1 = bytes.fromhex("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
-K2 = bytes.fromhex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
-PUBLIC = "https://storage.example.com"
-CRM, ALL, OTHER = "crm-token-" + "a" * 30, "all-token-" + "b" * 30, "other-token-" + "c" * 30
-MTIME = 1487329504  # 2017-02-17T11:05:04Z
 START = 1_800_000_000.0
-
-
-def entry(client_id: str, bearer: str, prefix: str) -> str:
-    return f"{client_id}:{hashlib.sha256(bearer.encode()).hexdigest()}:{prefix}"
-
-
-CLIENTS = ",".join([entry("crm", CRM, "/300/"), entry("all", ALL, "/"), entry("other", OTHER, "/400/")])
-
-
-def wav_bytes() -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(8000)
-        out.writeframes(b"\x01\x00" * 800)
-    return buffer.getvalue()
-
-
-MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x0a" + bytes(10) + bytes([0xFF, 0xFB, 0x90, 0x64]) + bytes(413)
-FILES = {
-    "/300/a.mp3": MP3,
-    "/300/call.wav": wav_bytes(),
-    "/300/renamed.mp3": wav_bytes(),  # a WAV under an .mp3 name
-    "/300/unknown.mp3": b"this is not audio" * 10,
-    "/300/sub/deep.mp3": MP3,
-    "/300/звонок клиента.mp3": MP3,
-    "/3000/sibling.mp3": MP3,
-    "/400/other.mp3": MP3,
-}
 
 
 class Clock:
@@ -94,26 +69,9 @@ class Env:
         return self.client.post(target, headers=headers, **kwargs)
 
 
-def settings_env(root: Path, **extra: str) -> dict[str, str]:
-    return {
-        "GATEWAY_KEY": K1.hex(),
-        "GATEWAY_STORAGE": root.as_uri(),
-        "GATEWAY_PUBLIC_URL": PUBLIC + "/",
-        "GATEWAY_API_CLIENTS": CLIENTS,
-        **extra,
-    }
-
-
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    root = tmp_path / "recordings"
-    for path, data in FILES.items():
-        target = root / path.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-        os.utime(target, (MTIME, MTIME))
-    (tmp_path / "outside.mp3").write_bytes(MP3)
-    return root
+    return plant(tmp_path)
 
 
 def make_env(root: Path, **extra: str) -> Iterator[Env]:

@@ -8,14 +8,11 @@ import wave
 from pathlib import Path
 
 import pytest
+from support.settings import K1, K1_HEX, K2, K2_HEX, env, write_toml
 
 from gateway.config import ConfigError, FileStorage, Settings, load_settings
 from gateway.config.devdefault import SAMPLE_PATHS
 from gateway.links.tokens import parse_key
-
-K1_HEX = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
-K2_HEX = "603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4"
-K1, K2 = bytes.fromhex(K1_HEX), bytes.fromhex(K2_HEX)
 
 
 @pytest.fixture(autouse=True)
@@ -29,16 +26,6 @@ def store(tmp_path) -> Path:
     root = tmp_path / "recordings"
     root.mkdir()
     return root
-
-
-def env(store: Path, **extra: str) -> dict[str, str]:
-    return {"GATEWAY_KEY": K1_HEX, "GATEWAY_STORAGE": store.as_uri(), **extra}
-
-
-def write_toml(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "gateway.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def config_error(config_file: Path | None = None, **environ: str) -> ConfigError:
