@@ -178,7 +178,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     metrics_port = args.metrics_port or settings.edge.metrics_port
     if settings.dev_dir is not None:
         _print_dev_banner(settings, args.host, args.port, metrics_port)
-    from .transcode.cache import UnsafeDirectory, private_directory
+    from .common.files import UnsafeDirectory, private_directory
 
     cache_dir = settings.transcode.cache_dir
     try:
