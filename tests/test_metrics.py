@@ -69,6 +69,13 @@ RENDITION_FAMILIES = {
     "gateway_active_conversions": "gauge",
     # and the revocation list's own (README, "Revocation"; issue #12)
     "gateway_revocation_entries": "gauge",
+    # and the listening ledger's (README, "The listening ledger"; issue #16)
+    "gateway_ledger_events_total": "counter",
+    "gateway_ledger_pending": "gauge",
+    "gateway_ledger_delivered_total": "counter",
+    "gateway_ledger_failures_total": "counter",
+    "gateway_ledger_dropped_total": "counter",
+    "gateway_ledger_delivery_seconds": "histogram",
 }
 RENDITION_LABELS = {
     "gateway_conversions": {"codec", "format"},
@@ -78,6 +85,12 @@ RENDITION_LABELS = {
     "gateway_conversion_failures": {"format", "reason"},
     "gateway_active_conversions": {"format"},
     "gateway_revocation_entries": {"kind"},
+    "gateway_ledger_events": {"type"},
+    "gateway_ledger_pending": set(),
+    "gateway_ledger_delivered": set(),
+    "gateway_ledger_failures": {"reason"},
+    "gateway_ledger_dropped": set(),
+    "gateway_ledger_delivery_seconds": set(),
 }
 
 
