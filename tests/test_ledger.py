@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import time
+import uuid
 import wave
 from pathlib import Path
 
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 KEY = bytes(range(32))
 SECRET = b"whsec-test-0123456789abcdef"
+UUID7 = r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
 RATE = 8000  # 8 kHz, mono, 16-bit: 16,000 bytes a second
 
 
@@ -63,11 +65,11 @@ def test_ids_are_unique_time_ordered_and_carry_their_millisecond() -> None:
     now = 1_800_000_000.1235
     ids = [new_id(now + 2 * n / 1000) for n in range(2000)]
     assert len(set(ids)) == len(ids)
-    assert all(re.fullmatch(r"[0-9A-HJKMNP-TV-Z]{26}", event_id) for event_id in ids)
+    assert all(re.fullmatch(UUID7, event_id) and uuid.UUID(event_id).version == 7 for event_id in ids)
     assert ids == sorted(ids)  # two milliseconds apart each: sorted by time
     assert id_millis(ids[0]) == 1_800_000_000_123
     same_millisecond = {new_id(now) for _ in range(1000)}
-    assert len(same_millisecond) == 1000  # 80 random bits each
+    assert len(same_millisecond) == 1000  # 74 random bits each
 
 
 # -- fingerprints -------------------------------------------------------------------

@@ -21,14 +21,21 @@ ACCESS = "access"
 LISTEN = "listen"
 
 
+_second: tuple[int, str] = (-1, "")  # the last second written, and how (most events share it with the one before)
+
+
 def iso(seconds: float) -> str:
     """UTC with milliseconds, as the access log writes it: 2026-11-26T19:13:01.053Z."""
+    global _second
     millis = int(seconds * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(millis // 1000)) + f".{millis % 1000:03d}Z"
+    whole, written = _second
+    if millis // 1000 != whole:
+        whole, written = millis // 1000, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(millis // 1000))
+        _second = (whole, written)
+    return f"{written}.{millis % 1000:03d}Z"
 
 
-def dumps(event: Mapping[str, object]) -> str:
-    return json.dumps(event, separators=(",", ":"))
+dumps = json.JSONEncoder(separators=(",", ":")).encode  # compact JSON, one encoder for every event
 
 
 class Play:

@@ -36,6 +36,7 @@ QUEUE_LIMIT = 100_000  # events a worker holds in memory at most (a stalled disk
 BATCH_LIMIT = 5_000  # events per transaction
 RETRY_SECONDS = 1.0  # after a failed commit
 LAYOUTS = 4096  # layouts of representations remembered per worker
+FINGERPRINTS = 4096  # fingerprints of tokens remembered by the writer (a player presents its link again and again)
 
 
 class Ledger:
@@ -48,6 +49,7 @@ class Ledger:
         self.idle_seconds = idle_seconds
         self.max_events = max_events
         self._key = fingerprint_key(shared_key)
+        self._fingerprints: LruCache[str, str] = LruCache(FINGERPRINTS)  # the writer thread's alone
         self._queue: collections.deque[Access] = collections.deque()
         self._stopping = threading.Event()
         self._writer: threading.Thread | None = None
@@ -109,7 +111,10 @@ class Ledger:
                 return
 
     def _convert(self, access: Access, rows: list[Row], plays: list[Play]) -> None:
-        link = fingerprint(self._key, access.token)
+        link = self._fingerprints.get(access.token)
+        if link is None:
+            link = fingerprint(self._key, access.token)
+            self._fingerprints.put(access.token, link)
         event = access_event(access, link, self.replica)
         rows.append((str(event["id"]), dumps(event)))
         if access.play is not None:
