@@ -189,7 +189,7 @@ def request_rates(args: argparse.Namespace, work: Path, receiver: str) -> dict[s
 def delivery_throughput(args: argparse.Namespace, work: Path, receiver: str) -> dict[str, Any]:
     from gateway.ledger import Access, Delivery
     from gateway.ledger.delivery import Deliverer
-    from gateway.ledger.events import access_event, dumps
+    from gateway.ledger.events import access_event
     from gateway.ledger.outbox import Outbox
 
     directory = work / "throughput"
@@ -203,8 +203,7 @@ def delivery_throughput(args: argparse.Namespace, work: Path, receiver: str) -> 
                             "file:///var/lib/recordings", "disk", 960044, ((65536 * n % 900000, 65536 * n % 900000
                             + 65536),), True, {"inline": True, "rendition": False}, True, "203.0.113.7",
                             "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36", None, None, None)  # fmt: skip
-            event = access_event(access, "2d360385bcc81c011c227d9088972bf0", "bench")
-            rows.append((str(event["id"]), dumps(event)))
+            rows.append(access_event(access, "2d360385bcc81c011c227d9088972bf0", "bench"))
         outbox.append(rows, [], 300, "bench")
     size = (directory / "outbox.sqlite3").stat().st_size
     before = received(receiver)["events"]

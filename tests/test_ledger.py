@@ -214,13 +214,19 @@ def _access(began: float, ranges: tuple[tuple[int, int], ...], *, inline: bool =
 
 def test_access_events_carry_the_fields_and_never_the_token() -> None:
     access = _access(1_800_000_000.5, ((seconds_at(10), seconds_at(20)),))
-    event = access_event(access, "f" * 32, "replica-1")
-    text = json.dumps(event)
-    assert access.token not in text
+    event_id, text = access_event(access, "f" * 32, "replica-1")
+    event = json.loads(text)
+    assert access.token not in text and event["id"] == event_id
     assert event["type"] == "access" and event["time"] == "2027-01-15T08:00:00.500Z"
     assert event["ranges"] == [[seconds_at(10), seconds_at(20)]] and event["bytes"] == 160_000
     assert {"id", "path", "storage", "status", "bytes", "ranges", "view", "fingerprint", "signed", "client",
             "user_agent", "complete", "replica"} <= event.keys()  # fmt: skip
+    # Whatever a client sends is escaped: the event is JSON, and these strings come back as they were sent.
+    odd = _access(1_800_000_000.5, (), client=None)
+    odd.user_agent, odd.path, odd.view = 'quote " back\\slash \x00\x1f é \u2028', None, None
+    parsed = json.loads(access_event(odd, "f" * 32, "r")[1])
+    assert parsed["user_agent"] == odd.user_agent and parsed["path"] is None and parsed["client"] is None
+    assert parsed["view"] is None and parsed["ranges"] == [] and parsed["complete"] is True
 
 
 def test_plays_of_one_link_by_one_client_make_one_session_until_idle(tmp_path: Path) -> None:

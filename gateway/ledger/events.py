@@ -36,6 +36,7 @@ def iso(seconds: float) -> str:
 
 
 dumps = json.JSONEncoder(separators=(",", ":")).encode  # compact JSON, one encoder for every event
+_quoted = json.encoder.encode_basestring_ascii  # a JSON string, quotes and escapes included
 
 
 class Play:
@@ -83,30 +84,46 @@ class Access:
         self.play = play
 
 
-def access_event(access: Access, fingerprint: str, replica: str) -> dict[str, object]:
-    return {
-        "id": new_id(access.began),
-        "type": ACCESS,
-        "time": iso(access.began),
-        "replica": replica,
-        "method": access.method,
-        "path": access.path,
-        "storage": access.storage,
-        "backend": access.backend,
-        "status": access.status,
-        "reason": access.reason,
-        "bytes": access.bytes,
-        "size": access.size,
-        "ranges": [list(span) for span in access.ranges],
-        "complete": access.complete,
-        "duration": round(access.duration, 6),
-        "view": access.view,
-        "handoff": access.handoff,
-        "fingerprint": fingerprint,
-        "signed": access.signed,
-        "client": access.client,
-        "user_agent": access.user_agent,
-    }
+def access_event(access: Access, fingerprint: str, replica: str) -> tuple[str, str]:
+    """(id, JSON text) of the `access` event: written out field by field, which takes half the time of building
+    a dict and encoding it (this runs once per request); the strings are escaped by json's own encoder."""
+    event_id = new_id(access.began)
+    ranges = ",".join([f"[{start},{stop}]" for start, stop in access.ranges])
+    return event_id, (
+        f'{{"id":"{event_id}","type":"{ACCESS}","time":"{iso(access.began)}","replica":{_text(replica)},'
+        f'"method":{_text(access.method)},"path":{_text(access.path)},"storage":{_text(access.storage)},'
+        f'"backend":{_text(access.backend)},"status":{int(access.status)},"reason":{_text(access.reason)},'
+        f'"bytes":{int(access.bytes)},"size":{"null" if access.size is None else int(access.size)},'
+        f'"ranges":[{ranges}],"complete":{_flag(access.complete)},"duration":{round(access.duration, 6)!r},'
+        f'"view":{_view(access.view)},"handoff":{_text(access.handoff)},"fingerprint":{_text(fingerprint)},'
+        f'"signed":{_flag(access.signed)},"client":{_text(access.client)},"user_agent":{_text(access.user_agent)}}}'
+    )
+
+
+def _text(value: str | None) -> str:
+    return "null" if value is None else _quoted(value)
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+_views: dict[tuple[tuple[str, object], ...], str] = {}  # the few views links ask for, each encoded once
+
+
+def _view(view: Mapping[str, object] | None) -> str:
+    if view is None:
+        return "null"
+    try:
+        key = tuple(view.items())
+        found = _views.get(key)
+    except TypeError:  # a value that cannot be a key
+        return dumps(view)
+    if found is None:
+        found = dumps(view)
+        if len(_views) < 1024:
+            _views[key] = found
+    return found
 
 
 # -- listening sessions --------------------------------------------------------

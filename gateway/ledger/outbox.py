@@ -113,12 +113,20 @@ class Outbox:
         if events:
             self.db.executemany("INSERT INTO outbox (id, body) VALUES (?, ?)", [(e["id"], dumps(e)) for e in events])
 
+    def _ends(self) -> tuple[int, int] | None:
+        """The first and the last seq kept. Two queries: SQLite answers min() or max() alone from the index, but
+        scans the whole table for both at once."""
+        low = self.db.execute("SELECT min(seq) FROM outbox").fetchone()[0]
+        if low is None:
+            return None
+        return int(low), int(self.db.execute("SELECT max(seq) FROM outbox").fetchone()[0])
+
     def _bound(self) -> int:
         """Drop the oldest events past `max_events`; how many. (seq has no gaps but those the bound made.)"""
-        low, high = self.db.execute("SELECT min(seq), max(seq) FROM outbox").fetchone()
-        if low is None or high - low + 1 <= self.max_events:
+        ends = self._ends()
+        if ends is None or ends[1] - ends[0] + 1 <= self.max_events:
             return 0
-        return self.db.execute("DELETE FROM outbox WHERE seq <= ?", (high - self.max_events,)).rowcount
+        return self.db.execute("DELETE FROM outbox WHERE seq <= ?", (ends[1] - self.max_events,)).rowcount
 
     # -- delivering ------------------------------------------------------------
 
@@ -128,12 +136,12 @@ class Outbox:
             found = self.db.execute("SELECT seq FROM cursors WHERE url = ?", (url,)).fetchone()
             if found is not None:
                 return int(found[0])
-            (low,) = self.db.execute("SELECT min(seq) FROM outbox").fetchone()
-            if low is None:
+            ends = self._ends()
+            if ends is None:
                 issued = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
                 start = int(issued[0]) if issued else 0
             else:
-                start = int(low) - 1
+                start = ends[0] - 1
             self.db.execute("INSERT INTO cursors (url, seq) VALUES (?, ?)", (url, start))
             return start
 
@@ -172,5 +180,5 @@ class Outbox:
 
     def pending(self) -> int:
         """Events not yet delivered to every URL (those are deleted as soon as they are)."""
-        low, high = self.db.execute("SELECT min(seq), max(seq) FROM outbox").fetchone()
-        return 0 if low is None else int(high - low + 1)
+        ends = self._ends()
+        return 0 if ends is None else ends[1] - ends[0] + 1

@@ -25,7 +25,7 @@ from ..common.files import private_directory
 from ..common.metrics import LEDGER_DROPPED, LEDGER_EVENTS, child
 from .audio import Layout
 from .delivery import Deliverer, Delivery
-from .events import ACCESS, LISTEN, Access, access_event, dumps, session_key
+from .events import ACCESS, LISTEN, Access, access_event, session_key
 from .fingerprint import fingerprint, fingerprint_key
 from .outbox import Committed, Outbox, Play, Row
 
@@ -115,8 +115,7 @@ class Ledger:
         if link is None:
             link = fingerprint(self._key, access.token)
             self._fingerprints.put(access.token, link)
-        event = access_event(access, link, self.replica)
-        rows.append((str(event["id"]), dumps(event)))
+        rows.append(access_event(access, link, self.replica))
         if access.play is not None:
             plays.append((session_key(link, access), access, link))
 
