@@ -5,7 +5,7 @@ renditions and the link admission that ties them together are made here
 and nowhere else, so the edge and the link inspector can never be wired
 differently; so is the edge's listening ledger, when webhooks are
 configured. `running()` starts what needs starting (storage clients, the
-revocation watcher, the rendition cache, the ledger's threads) and stops it
+revocation watcher, the rendition cache, the ledger's helper process) and stops it
 again.
 """
 
@@ -56,8 +56,8 @@ class Services:
             await self.renditions.start()
             stack.push_async_callback(self.renditions.aclose)
             if self.ledger is not None:
-                await asyncio.to_thread(self.ledger.start)
-                stack.push_async_callback(asyncio.to_thread, self.ledger.stop)  # what is queued is written first
+                await self.ledger.start()
+                stack.push_async_callback(self.ledger.stop)  # what is queued is committed first
             yield stack
 
 

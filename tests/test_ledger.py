@@ -6,6 +6,7 @@ test_ledger_e2e.py.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import io
@@ -28,11 +29,14 @@ from gateway.http.plan import plan, representation
 from gateway.ledger import Access, Layout, Ledger, Play, ReadAt, layout
 from gateway.ledger.audio import heard, union
 from gateway.ledger.delivery import Batch, Delivery, backoff
-from gateway.ledger.events import access_event, listen_event, new_session
+from gateway.ledger.events import encode_accesses, encode_lines, listen_event, new_session
 from gateway.ledger.fingerprint import fingerprint, fingerprint_key
+from gateway.ledger.helper import Frames, frame
 from gateway.ledger.ids import id_millis, new_id
-from gateway.ledger.outbox import Outbox
+from gateway.ledger.outbox import Chunks, Outbox
 from gateway.ledger.signing import BadSignature, signature_header, verify
+from gateway.ledger.stats import Stats
+from gateway.ledger.writer import Writer
 from gateway.links.views import View, view
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -214,17 +218,18 @@ def _access(began: float, ranges: tuple[tuple[int, int], ...], *, inline: bool =
 
 def test_access_events_carry_the_fields_and_never_the_token() -> None:
     access = _access(1_800_000_000.5, ((seconds_at(10), seconds_at(20)),))
-    event_id, text = access_event(access, "f" * 32, "replica-1")
-    event = json.loads(text)
-    assert access.token not in text and event["id"] == event_id
+    lines, count, plays = encode_accesses([access], lambda token: "f" * 32, "replica-1")
+    event = json.loads(lines)
+    assert count == 1 and plays == [("f" * 32, access)]  # an inline play: for its session
+    assert access.token.encode() not in lines and lines.count(b"\n") == 1  # one event a line in the outbox
     assert event["type"] == "access" and event["time"] == "2027-01-15T08:00:00.500Z"
     assert event["ranges"] == [[seconds_at(10), seconds_at(20)]] and event["bytes"] == 160_000
     assert {"id", "path", "storage", "status", "bytes", "ranges", "view", "fingerprint", "signed", "client",
             "user_agent", "complete", "replica"} <= event.keys()  # fmt: skip
     # Whatever a client sends is escaped: the event is JSON, and these strings come back as they were sent.
-    odd = _access(1_800_000_000.5, (), client=None)
-    odd.user_agent, odd.path, odd.view = 'quote " back\\slash \x00\x1f é \u2028', None, None
-    parsed = json.loads(access_event(odd, "f" * 32, "r")[1])
+    strange = 'quote " back\\slash \x00\x1f é \u2028'
+    odd = _access(1_800_000_000.5, (), client=None)._replace(user_agent=strange, path=None, view=None)
+    parsed = json.loads(encode_accesses([odd], lambda token: "f" * 32, "r")[0])
     assert parsed["user_agent"] == odd.user_agent and parsed["path"] is None and parsed["client"] is None
     assert parsed["view"] is None and parsed["ranges"] == [] and parsed["complete"] is True
 
@@ -235,93 +240,144 @@ def test_plays_of_one_link_by_one_client_make_one_session_until_idle(tmp_path: P
     plays = [_access(t, ((seconds_at(10), seconds_at(20)),)), _access(t + 5, ((seconds_at(30), seconds_at(40)),)),
              _access(t + 6, ((seconds_at(15), seconds_at(18)),))]  # fmt: skip
     for access in plays:
-        outbox.append([], [("key", access, "f" * 32)], 300, "replica-1")
+        outbox.append(b"", 0, [("key", access, "f" * 32)], 300, "replica-1")
     assert outbox.sweep(t + 6 + 299, 300).listen == 0  # not idle yet
     assert outbox.sweep(t + 6 + 301, 300).listen == 1
-    (body,) = [row[2] for row in outbox.batch(0, 10)]
-    event = json.loads(body)
+    (event,) = _events(outbox)
     assert event["type"] == "listen" and event["seconds"] == 20.0 and event["estimated"] is False
     assert event["heard"] == [[10.0, 20.0], [30.0, 40.0]] and event["plays"] == 3 and event["duration"] == 60.0
     assert event["time"] < event["ended"]
     # A play after the idle time starts a new session, and closes the old one at once.
-    outbox.append([], [("key", _access(t + 1000, ((0, 1000),)), "f" * 32)], 300, "replica-1")
-    outbox.append([], [("key", _access(t + 2000, ((0, 1000),)), "f" * 32)], 300, "replica-1")
-    assert len(outbox.batch(0, 10)) == 2
+    outbox.append(b"", 0, [("key", _access(t + 1000, ((0, 1000),)), "f" * 32)], 300, "replica-1")
+    outbox.append(b"", 0, [("key", _access(t + 2000, ((0, 1000),)), "f" * 32)], 300, "replica-1")
+    assert len(_events(outbox)) == 2
     outbox.close()
 
 
 def test_a_session_of_unknown_layout_reports_bytes_but_no_seconds() -> None:
-    access = _access(1_800_000_000.0, ((0, 5000),))
-    assert access.play is not None
-    access.play.layout = None
+    access = _access(1_800_000_000.0, ((0, 5000),))._replace(play=Play('"e-1"', None))
     event = listen_event(new_session(access, "f" * 32, "r"))
     assert event["seconds"] is None and event["heard"] is None and event["bytes"] == 5000
+
+
+def _events(outbox: Outbox, after: int = 0) -> list[dict[str, object]]:
+    chunks = outbox.batch(after, 10_000)
+    return [] if chunks is None else json.loads(chunks.body)["events"]
 
 
 def test_the_outbox_bound_drops_the_oldest_and_counts_them(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path, 5)
     dropped = 0
     for n in range(12):
-        dropped += outbox.append([(f"id-{n:02d}", json.dumps({"n": n}))], [], 300, "r").dropped
+        dropped += outbox.append(encode_lines([{"n": n}]), 1, [], 300, "r").dropped
     assert dropped == 7
-    assert [row[1] for row in outbox.batch(0, 100)] == [f"id-{n:02d}" for n in range(7, 12)]
+    assert [event["n"] for event in _events(outbox)] == [7, 8, 9, 10, 11]
     assert outbox.pending() == 5
+    # Events are kept in chunks (a commit each); the oldest chunk is cut when only part of it must go.
+    assert outbox.append(encode_lines({"n": n} for n in range(12, 15)), 3, [], 300, "r").dropped == 3
+    assert [event["n"] for event in _events(outbox)] == [10, 11, 12, 13, 14]
     outbox.close()
 
 
-def test_the_ledger_counts_what_the_bound_drops_and_logs_it_once(
+def test_the_writer_counts_what_the_bound_drops_and_logs_it_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    stats = Stats()
+    writer = Writer(tmp_path, "r", 300, 3, 500, stats)
+    for n in range(10):
+        records = [_access(1_800_000_000.0 + n, ((0, 10),), inline=False)]
+        writer.write(*encode_accesses(records, lambda token: "f" * 32, "r"))  # a commit each
+    writer.close()
+    report = stats.take()
+    assert report is not None and report["counts"] == {"recorded:access": 10, "dropped": 7}
+    assert stats.take() is None  # taken once
+    assert sum("dropping events" in record.getMessage() for record in caplog.records) == 1
+    outbox = Outbox(tmp_path, 3)
+    assert [event["time"] for event in _events(outbox)] == [f"2027-01-15T08:00:0{n}.000Z" for n in (7, 8, 9)]
+    outbox.close()
+
+
+def test_a_worker_hands_its_events_to_its_helper_process_which_commits_and_reports_them(tmp_path: Path) -> None:
+    """The worker's side and a real helper process, without a server: recorded, committed, counted."""
     from prometheus_client import REGISTRY
 
     def sample(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0
 
-    delivery = Delivery(("http://127.0.0.1:9/",), SECRET, 100, 1.0, 0.05, 0.1)
-    ledger = Ledger(directory=tmp_path / "ledger", shared_key=KEY, replica="r", idle_seconds=300, max_events=3,
+    directory = tmp_path / "ledger"
+    delivery = Delivery(("http://127.0.0.1:9/",), SECRET, 100, 1.0, 0.05, 0.1)  # nothing listens: nothing delivered
+    ledger = Ledger(directory=directory, shared_key=KEY, replica="r", idle_seconds=300, max_events=1000,
                     delivery=delivery)  # fmt: skip
-    ledger.deliverer.start = lambda: None  # type: ignore[method-assign]  # recording only: nothing delivers
-    dropped, recorded = sample("gateway_ledger_dropped_total"), sample("gateway_ledger_events_total", type="access")
-    ledger.start()
-    try:
-        for n in range(10):
-            ledger.record(_access(1_800_000_000.0 + n, ((0, 10),), inline=False))
-            time.sleep(0.06)  # one commit each (the writer flushes every 50 ms)
-    finally:
-        ledger.stop()
-    assert sample("gateway_ledger_events_total", type="access") - recorded == 10
-    assert sample("gateway_ledger_dropped_total") - dropped == 7
-    assert sum("dropping events" in record.getMessage() for record in caplog.records) == 1
-    assert (tmp_path / "ledger").stat().st_mode & 0o777 == 0o700
-    outbox = Outbox(tmp_path / "ledger", 3)
-    assert [json.loads(row[2])["time"] for row in outbox.batch(0, 10)] == [
-        f"2027-01-15T08:00:0{n}.000Z" for n in (7, 8, 9)
-    ]
+    recorded = sample("gateway_ledger_events_total", type="access")
+
+    async def run() -> None:
+        await ledger.start()
+        for n in range(25):
+            ledger.record(_access(1_800_000_000.0 + n, ((0, 10),), inline=n % 2 == 0, client=f"198.51.100.{n % 2}"))
+            await asyncio.sleep(0.01)
+        await ledger.stop()  # hands everything over: the helper commits it before it exits
+
+    asyncio.run(run())
+    assert sample("gateway_ledger_events_total", type="access") - recorded == 25
+    assert directory.stat().st_mode & 0o777 == 0o700
+    outbox = Outbox(directory, 1000)
+    events = _events(outbox)
     outbox.close()
+    assert [event["type"] for event in events] == ["access"] * 25
+    assert [event["time"] for event in events] == sorted(event["time"] for event in events)
+    assert all(event["fingerprint"] == fingerprint(fingerprint_key(KEY), "QP7l7cxoVbNW4SX1aQHnWg") for event in events)
+
+
+def test_frames_carry_messages_whole_however_the_stream_is_cut() -> None:
+    stream = frame({"a": 1}) + frame([_access(1.0, ())]) + frame("end")
+    frames = Frames()
+    got = []
+    for at in range(0, len(stream), 7):
+        got += frames.feed(stream[at : at + 7])
+    assert got == [{"a": 1}, [_access(1.0, ())], "end"]
 
 
 def test_cursors_acknowledgements_and_pending(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path, 100)
     urls = ("http://a/", "http://b/")
-    outbox.append([(f"id-{n}", "{}") for n in range(4)], [], 300, "r")
+    outbox.append(b'{"n":1}\n{"n":2}\n', 2, [], 300, "r")
+    outbox.append(b'{"n":3}\n{"n":4}\n', 2, [], 300, "r")
     assert outbox.cursor(urls[0]) == 0 and outbox.cursor(urls[1]) == 0
     outbox.acknowledged(urls[0], 4, urls)
     assert outbox.pending() == 4  # b has none of them yet
     outbox.acknowledged(urls[1], 2, urls)
-    assert outbox.pending() == 2 and [row[0] for row in outbox.batch(0, 10)] == [3, 4]
+    assert outbox.pending() == 2 and [event["n"] for event in _events(outbox, 2)] == [3, 4]
     outbox.forget_cursors(urls[:1])  # b no longer configured: nothing waits for it
     assert outbox.pending() == 0
-    outbox.append([("id-4", "{}")], [], 300, "r")
+    outbox.append(b'{"n":5}\n', 1, [], 300, "r")
     assert outbox.cursor("http://c/") == 4  # a new URL gets what is kept, from the oldest on
     outbox.close()
 
 
-def test_batches_have_a_key_from_their_ids_and_a_json_body() -> None:
-    rows = [(1, "01A", '{"n":1}'), (2, "01B", '{"n":2}')]
-    batch = Batch.of(rows)
+def test_deliveries_are_whole_chunks_up_to_the_batch_size(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path, 100, chunk=2)
+    outbox.append(encode_lines({"n": n} for n in range(1, 6)), 5, [], 300, "r")  # chunks of 1-2, 3-4, 5
+    first = outbox.batch(0, 3)
+    assert first is not None and (first.first, first.last, first.count) == (1, 2, 2)
+    both = outbox.batch(0, 4)
+    assert both is not None and [event["n"] for event in json.loads(both.body)["events"]] == [1, 2, 3, 4]
+    assert outbox.whole(both)
+    small = Outbox(tmp_path, 3, chunk=2)
+    small.append(b'{"n":6}\n', 1, [], 300, "r")  # the bound: 6 events kept, 3 allowed
+    assert not outbox.whole(both)  # a retry of it would send dropped events: it is made again
+    assert [event["n"] for event in _events(outbox)] == [4, 5, 6]
+    small.close()
+    outbox.close()
+
+
+def test_batches_have_a_key_from_their_body_and_a_json_body() -> None:
+    chunks = Chunks(1, 2, 2, [b'{"n":1}\n', b'{"n":2}\n'])
+    batch = Batch.of(chunks)
     assert json.loads(batch.body) == {"events": [{"n": 1}, {"n": 2}]}
-    assert batch.key == Batch.of(list(rows)).key != Batch.of(rows[:1]).key
-    assert (batch.first, batch.last, batch.count) == (1, 2, 2)
+    assert (
+        batch.key == Batch.of(Chunks(1, 2, 2, list(chunks.texts))).key != Batch.of(Chunks(1, 1, 1, [b'{"n":1}\n'])).key
+    )
+    assert re.fullmatch(r"[0-9a-f]{32}", batch.key)
 
 
 def test_backoff_doubles_with_jitter_up_to_its_cap_and_honours_retry_after() -> None:

@@ -245,7 +245,7 @@ class Edge:
                 await send_plan(answer, file, chunk, receive, send)
             finally:
                 ACTIVE_STREAMS.dec()
-        if self.ledger is not None:
+        if self.ledger is not None and exchange.admitted is not None and exchange.admitted.view.inline:
             await self.ledger.sent(exchange, file, rep)
 
     async def _handoff(self, send: Send, decision: Admitted) -> None:

@@ -28,7 +28,7 @@ from ..http.asgi import Scope
 from ..http.forwarded import Network, client_address
 from ..http.plan import Plan, Representation
 from ..http.query import query_params
-from ..ledger import HEAD_BYTES, Access, Layout, Ledger, Play, ReadAt, layout
+from ..ledger import HEAD_BYTES, Layout, Ledger, Play, ReadAt, layout
 from ..links.decision import Refusal
 from ..links.resolver import Resolver, confined_paths
 from ..links.signing import SIGNATURE
@@ -82,15 +82,12 @@ class LedgerHook:
         ranges, complete = sent_spans(exchange.plan, exchange.bytes, exchange.started)
         peer = scope.get("client")
         agent = headers.get(b"user-agent")
-        self.ledger.record(
-            Access(
-                time.time() - duration, duration, exchange.method, exchange.status, exchange.bytes, token, path,
-                storage, exchange.backend, exchange.size, ranges, complete, shown, signed,
-                client_address(peer and peer[0], headers.get(b"x-forwarded-for"), self.proxies),
-                None if agent is None else agent.decode("latin-1")[:200], exchange.reason or None, handoff,
-                exchange.play,
-            )
-        )  # fmt: skip
+        self.ledger.record((  # an Access's fields, in its order
+            time.time() - duration, duration, exchange.method, exchange.status, exchange.bytes, token, path, storage,
+            exchange.backend, exchange.size, ranges, complete, shown, signed,
+            client_address(peer and peer[0], headers.get(b"x-forwarded-for"), self.proxies),
+            None if agent is None else agent.decode("latin-1")[:200], exchange.reason or None, handoff, exchange.play,
+        ))  # fmt: skip
 
     def _path(self, token: str) -> str | None:
         """The path a refused link names, if it decrypts to one that confines."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from .audio import HEAD_BYTES, Layout, ReadAt, layout
 from .delivery import Delivery
-from .events import Access, Play
+from .events import Access, Play, Record
 from .recorder import Ledger
 
-__all__ = ["HEAD_BYTES", "Access", "Delivery", "Layout", "Ledger", "Play", "ReadAt", "layout"]
+__all__ = ["HEAD_BYTES", "Access", "Delivery", "Layout", "Ledger", "Play", "ReadAt", "Record", "layout"]

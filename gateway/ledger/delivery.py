@@ -17,8 +17,9 @@ runs on an event loop):
 
 - `X-Gateway-Signature: t=<now>,v1=<HMAC>` (signed afresh for each attempt,
   so a receiver's replay window holds for retries too);
-- `Idempotency-Key`: derived from the ids of the batch's events, so it is
-  the same on every retry of the batch, even after a restart;
+- `Idempotency-Key`: derived from the batch's body (which its events' ids
+  make unique), so it is the same on every retry of the batch, even after
+  a restart;
 - every attempt is bounded by `timeout` seconds in all (connecting, sending,
   waiting, reading: past it the socket is shut down), so a receiver that
   hangs costs one attempt, never a stuck sender;
@@ -37,6 +38,7 @@ what is left (with a new key), so dropped events are not sent after all.
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import hashlib
 import http.client
@@ -47,21 +49,21 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from .. import __version__
-from ..common.metrics import LEDGER_DELIVERED, LEDGER_DELIVERY_SECONDS, LEDGER_FAILURES, LEDGER_PENDING, child
-from .outbox import Committed, Outbox
+from .outbox import Chunks, Committed, Outbox
 from .signing import HEADER, signature_header
+from .stats import Stats
 
 log = logging.getLogger("gateway.ledger")
 
 LOCK_FILE = "deliverer.lock"
 LOCK_POLL_SECONDS = 1.0  # how often a worker that does not deliver tries to take over
-POLL_SECONDS = 0.1  # how often an idle sender looks for new events
+POLL_SECONDS = 0.5  # how long a sender that has sent everything waits before looking again
 MAX_SWEEP_SECONDS = 1.0  # sessions are closed at most this long after their idle time
 MAX_RESPONSE_BYTES = 64 * 1024  # read of a receiver's answer (its first 200 characters are logged)
 STOP_SECONDS = 2.0  # a sender busy with a POST at shutdown is left behind after this (it is a daemon)
@@ -82,17 +84,16 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    first: int
-    last: int
-    count: int
+    """One delivery: its events (whole chunks of the outbox), its body, and its idempotency key."""
+
+    chunks: Chunks
     body: bytes
-    key: str
+    key: str  # from the body, so the same on every retry, after a restart too (ids make every body unique)
 
     @classmethod
-    def of(cls, rows: Sequence[tuple[int, str, str]]) -> Batch:
-        body = ('{"events":[' + ",".join(row[2] for row in rows) + "]}").encode()
-        key = hashlib.sha256("\n".join(row[1] for row in rows).encode()).hexdigest()[:32]
-        return cls(rows[0][0], rows[-1][0], len(rows), body, key)
+    def of(cls, chunks: Chunks) -> Batch:
+        body = chunks.body
+        return cls(chunks, body, hashlib.sha256(body).hexdigest()[:32])
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,14 +117,15 @@ class Deliverer:
     """The delivery side of the ledger in one process: waits for the host's lock, then delivers."""
 
     def __init__(
-        self, directory: Path, delivery: Delivery, max_events: int, idle_seconds: float,
+        self, directory: Path, delivery: Delivery, max_events: int, idle_seconds: float, stats: Stats,
         on_committed: Callable[[Committed], None],
     ) -> None:  # fmt: skip
         self.directory = directory
         self.delivery = delivery
         self.max_events = max_events
         self.idle_seconds = idle_seconds
-        self.on_committed = on_committed
+        self.stats = stats
+        self.on_committed = on_committed  # what closing sessions recorded (and dropped)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.delivering = threading.Event()  # set while this process holds the lock
@@ -159,11 +161,11 @@ class Deliverer:
             os.close(fd)  # releases the lock
 
     def _deliver(self) -> None:
-        outbox = Outbox(self.directory, self.max_events)
+        outbox = Outbox(self.directory, self.max_events, self.delivery.batch_size)
         senders: list[Sender] = []
         try:
             outbox.forget_cursors(self.delivery.urls)
-            senders = [Sender(url, self.delivery, self.directory, self.max_events, self._stopping)
+            senders = [Sender(url, self.delivery, self.directory, self.max_events, self._stopping, self.stats)
                        for url in self.delivery.urls]  # fmt: skip
             for sender in senders:
                 sender.start()
@@ -171,13 +173,13 @@ class Deliverer:
             while not self._stopping.wait(every):
                 try:
                     self.on_committed(outbox.sweep(time.time(), self.idle_seconds))
-                    LEDGER_PENDING.set(outbox.pending())
+                    self.stats.pending(outbox.pending())
                 except Exception:  # the disk full, say: try again at the next round
                     log.exception("ledger: closing idle sessions failed")
         finally:
             for sender in senders:
                 sender.join(STOP_SECONDS)
-            LEDGER_PENDING.set(0)
+            self.stats.pending(0)
             outbox.close()
 
 
@@ -185,9 +187,10 @@ class Sender(threading.Thread):
     """Delivers the outbox to one URL, batch after batch, in order."""
 
     def __init__(
-        self, url: str, delivery: Delivery, directory: Path, max_events: int, stopping: threading.Event
+        self, url: str, delivery: Delivery, directory: Path, max_events: int, stopping: threading.Event, stats: Stats
     ) -> None:
         super().__init__(name=f"ledger-sender-{urlsplit(url).hostname}", daemon=True)
+        self.stats = stats
         self.url = url
         self.delivery = delivery
         self.directory = directory
@@ -196,13 +199,13 @@ class Sender(threading.Thread):
         self.client = WebhookClient(url, delivery.timeout)
 
     def run(self) -> None:
-        outbox = Outbox(self.directory, self.max_events)
+        outbox = Outbox(self.directory, self.max_events, self.delivery.batch_size)
         try:
             self._run(outbox)
         except Exception:
             log.exception("ledger: delivering to %s failed", self.client.shown)
         finally:
-            self.client.close()
+            self.client.stop()
             outbox.close()
 
     def _run(self, outbox: Outbox) -> None:
@@ -210,14 +213,14 @@ class Sender(threading.Thread):
         batch: Batch | None = None
         attempt = 0
         while not self.stopping.is_set():
-            if batch is not None and outbox.kept(batch.first, batch.last) != batch.count:
+            if batch is not None and not outbox.whole(batch.chunks):
                 batch = None  # the bound dropped some of it meanwhile: send what is left
             if batch is None:
-                rows = outbox.batch(cursor, self.delivery.batch_size)
-                if not rows:
+                chunks = outbox.batch(cursor, self.delivery.batch_size)
+                if chunks is None:
                     self.stopping.wait(POLL_SECONDS)
                     continue
-                batch, attempt = Batch.of(rows), 0
+                batch, attempt = Batch.of(chunks), 0
             outcome = self._attempt(batch)
             if outcome.result == RETRY:
                 attempt += 1
@@ -230,13 +233,13 @@ class Sender(threading.Thread):
                 continue
             if outcome.result == PERMANENT:
                 log.error("ledger: %s refused %d events for good (%s); they are skipped for this URL",
-                          self.client.shown, batch.count, outcome.detail)  # fmt: skip
+                          self.client.shown, batch.chunks.count, outcome.detail)  # fmt: skip
             else:
-                LEDGER_DELIVERED.inc(batch.count)
+                self.stats.add("delivered", batch.chunks.count)
                 if attempt:
                     log.info("ledger: delivered to %s again after %d failed attempts", self.client.shown, attempt)
-            outbox.acknowledged(self.url, batch.last, self.delivery.urls)
-            cursor, batch = batch.last, None
+            outbox.acknowledged(self.url, batch.chunks.last, self.delivery.urls)
+            cursor, batch = batch.chunks.last, None
 
     def _attempt(self, batch: Batch) -> Outcome:
         started = time.perf_counter()
@@ -247,9 +250,9 @@ class Sender(threading.Thread):
             "User-Agent": f"storage-gateway/{__version__} (ledger)",
         }
         outcome = self.client.post(batch.body, headers)
-        LEDGER_DELIVERY_SECONDS.observe(time.perf_counter() - started)
+        self.stats.attempt(time.perf_counter() - started)
         if outcome.result != DELIVERED:
-            child(LEDGER_FAILURES, outcome.reason).inc()
+            self.stats.add(f"failed:{outcome.reason}")
         return outcome
 
 
@@ -270,6 +273,7 @@ class WebhookClient:
         self.timeout = timeout
         self._context = ssl.create_default_context() if self.https else None
         self._connection: http.client.HTTPConnection | None = None
+        self._watchdog = Watchdog()
 
     def _connect(self) -> http.client.HTTPConnection:
         if self._connection is None:
@@ -286,24 +290,15 @@ class WebhookClient:
             self._connection.close()
             self._connection = None
 
+    def stop(self) -> None:
+        self.close()
+        self._watchdog.stop()
+
     def post(self, body: bytes, headers: dict[str, str]) -> Outcome:
         if self.auth is not None:
             headers = {**headers, "Authorization": self.auth}
         connection = self._connect()
-        expired = threading.Event()
-
-        def deadline() -> None:  # a receiver that trickles its answer must not hold the sender past `timeout`
-            expired.set()
-            sock = connection.sock
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-        timer = threading.Timer(self.timeout, deadline)
-        timer.daemon = True
-        timer.start()
+        self._watchdog.arm(connection, self.timeout)
         try:
             connection.request("POST", self.target, body=body, headers=headers)
             response = connection.getresponse()
@@ -317,11 +312,11 @@ class WebhookClient:
             return Outcome(RETRY, "timeout", f"no answer within {self.timeout:g} s")
         except (OSError, http.client.HTTPException) as exc:
             self.close()
-            if expired.is_set():
+            if self._watchdog.fired:
                 return Outcome(RETRY, "timeout", f"no complete answer within {self.timeout:g} s")
             return Outcome(RETRY, "connection", f"{type(exc).__name__}: {exc}")
         finally:
-            timer.cancel()
+            self._watchdog.disarm()
         if response.will_close:
             self.close()
         if 200 <= status < 300:
@@ -332,6 +327,52 @@ class WebhookClient:
         if status >= 500:
             return Outcome(RETRY, "server", detail, _seconds(retry_after))
         return Outcome(PERMANENT, "rejected", detail)
+
+
+class Watchdog(threading.Thread):
+    """Ends an attempt that passes its deadline: a receiver trickling its answer byte by byte, each byte inside
+    the socket's own timeout, must not hold the sender past `timeout` either. One thread per sender, armed
+    for each attempt (a thread started per attempt was a visible share of the sender's time)."""
+
+    def __init__(self) -> None:
+        super().__init__(name="ledger-watchdog", daemon=True)
+        self._condition = threading.Condition()
+        self._armed: tuple[float, http.client.HTTPConnection] | None = None
+        self._stopped = False
+        self.fired = False
+
+    def arm(self, connection: http.client.HTTPConnection, seconds: float) -> None:
+        with self._condition:
+            if not self.is_alive():
+                self.start()
+            self._armed, self.fired = (time.monotonic() + seconds, connection), False
+            self._condition.notify()
+
+    def disarm(self) -> None:
+        with self._condition:
+            self._armed = None
+
+    def stop(self) -> None:
+        with self._condition:
+            self._stopped = True
+            self._condition.notify()
+
+    def run(self) -> None:
+        with self._condition:
+            while not self._stopped:
+                if self._armed is None:
+                    self._condition.wait()
+                    continue
+                deadline, connection = self._armed
+                left = deadline - time.monotonic()
+                if left > 0:
+                    self._condition.wait(left)
+                    continue
+                self._armed, self.fired = None, True
+                sock = connection.sock
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _seconds(value: str | None) -> float | None:

@@ -2,17 +2,20 @@
 
 `Access` is filled by the edge at the end of each answer for a recording
 (plain values only: no HTTP or framework objects, and the token only to be
-fingerprinted). The writer thread turns it into an `access` event, and an
-inline play also into a step of a listening session; a session closed
-after `session_idle_seconds` becomes a `listen` event.
+fingerprinted). The worker's ledger turns what its edge answered into
+`access` events every 50 ms (`encode_accesses`); its helper process folds
+the inline plays into listening sessions, and a session idle for
+`session_idle_seconds` becomes a `listen` event (`listen_event`).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+import msgspec
 
 from .audio import Layout, Span, heard, union
 from .ids import new_id
@@ -35,95 +38,110 @@ def iso(seconds: float) -> str:
     return f"{written}.{millis % 1000:03d}Z"
 
 
-dumps = json.JSONEncoder(separators=(",", ":")).encode  # compact JSON, one encoder for every event
-_quoted = json.encoder.encode_basestring_ascii  # a JSON string, quotes and escapes included
+dumps = json.JSONEncoder(separators=(",", ":")).encode  # compact JSON (a session's state)
+_encoder = msgspec.json.Encoder()
 
 
-class Play:
+class Play(NamedTuple):
     """What makes an answer part of a listening session: which representation, and its layout."""
 
-    __slots__ = ("layout", "version")
-
-    def __init__(self, version: str, layout: Layout | None) -> None:
-        self.version = version  # the representation's ETag: spans of different versions are not comparable
-        self.layout = layout
+    version: str  # the representation's ETag: spans of different versions are not comparable
+    layout: Layout | None
 
 
-class Access:
-    """One edge answer for a recording, as the edge saw it."""
+class Access(NamedTuple):
+    """One edge answer for a recording, as the edge saw it.
 
-    __slots__ = (
-        "backend", "began", "bytes", "client", "complete", "duration", "handoff", "method", "path", "play",
-        "ranges", "reason", "signed", "size", "status", "storage", "token", "user_agent", "view",
-    )  # fmt: skip
+    The edge hands the ledger a plain tuple of these fields, in this order
+    (`Record`): a tuple is made and pickled in C, where a named tuple is
+    made, pickled and unpickled through Python code; `access()` names its
+    fields again, without a copy.
+    """
 
-    def __init__(
-        self, began: float, duration: float, method: str, status: int, sent: int, token: str, path: str | None,
-        storage: str | None, backend: str, size: int | None, ranges: tuple[Span, ...], complete: bool,
-        view: Mapping[str, object] | None, signed: bool, client: str | None, user_agent: str | None,
-        reason: str | None, handoff: str | None, play: Play | None,
-    ) -> None:  # fmt: skip
-        self.began = began  # Unix seconds when the request arrived
-        self.duration = duration
-        self.method = method
-        self.status = status
-        self.bytes = sent
-        self.token = token  # fingerprinted by the writer, never written anywhere
-        self.path = path
-        self.storage = storage
-        self.backend = backend
-        self.size = size
-        self.ranges = ranges
-        self.complete = complete
-        self.view = view
-        self.signed = signed
-        self.client = client
-        self.user_agent = user_agent
-        self.reason = reason
-        self.handoff = handoff
-        self.play = play
+    began: float  # Unix seconds when the request arrived
+    duration: float
+    method: str
+    status: int
+    bytes: int
+    token: str  # fingerprinted by the worker's ledger, never written anywhere
+    path: str | None
+    storage: str | None
+    backend: str
+    size: int | None
+    ranges: tuple[Span, ...]
+    complete: bool
+    view: Mapping[str, object] | None
+    signed: bool
+    client: str | None
+    user_agent: str | None
+    reason: str | None
+    handoff: str | None
+    play: Play | None
 
 
-def access_event(access: Access, fingerprint: str, replica: str) -> tuple[str, str]:
-    """(id, JSON text) of the `access` event: written out field by field, which takes half the time of building
-    a dict and encoding it (this runs once per request); the strings are escaped by json's own encoder."""
-    event_id = new_id(access.began)
-    ranges = ",".join([f"[{start},{stop}]" for start, stop in access.ranges])
-    return event_id, (
-        f'{{"id":"{event_id}","type":"{ACCESS}","time":"{iso(access.began)}","replica":{_text(replica)},'
-        f'"method":{_text(access.method)},"path":{_text(access.path)},"storage":{_text(access.storage)},'
-        f'"backend":{_text(access.backend)},"status":{int(access.status)},"reason":{_text(access.reason)},'
-        f'"bytes":{int(access.bytes)},"size":{"null" if access.size is None else int(access.size)},'
-        f'"ranges":[{ranges}],"complete":{_flag(access.complete)},"duration":{round(access.duration, 6)!r},'
-        f'"view":{_view(access.view)},"handoff":{_text(access.handoff)},"fingerprint":{_text(fingerprint)},'
-        f'"signed":{_flag(access.signed)},"client":{_text(access.client)},"user_agent":{_text(access.user_agent)}}}'
-    )
+Record = tuple[Any, ...]  # the fields of an Access, in its order
+_new = tuple.__new__
 
 
-def _text(value: str | None) -> str:
-    return "null" if value is None else _quoted(value)
+def access(record: Record) -> Access:
+    """The record's fields by name (no copy, no Python code run)."""
+    return _new(Access, record)
 
 
-def _flag(value: bool) -> str:
-    return "true" if value else "false"
+class AccessEvent(msgspec.Struct, gc=False):
+    """An `access` event as the platform receives it (field order is the JSON's)."""
+
+    id: str
+    type: str
+    time: str
+    replica: str
+    method: str
+    path: str | None
+    storage: str | None
+    backend: str
+    status: int
+    reason: str | None
+    bytes: int
+    size: int | None
+    ranges: tuple[Span, ...]
+    complete: bool
+    duration: float
+    view: Mapping[str, object] | None
+    handoff: str | None
+    fingerprint: str
+    signed: bool
+    client: str | None
+    user_agent: str | None
 
 
-_views: dict[tuple[tuple[str, object], ...], str] = {}  # the few views links ask for, each encoded once
+def encode_accesses(
+    records: Iterable[Record], fingerprint_of: Callable[[str], str], replica: str
+) -> tuple[bytes, int, list[tuple[str, Record]]]:
+    """The `access` events of `records` as JSON lines (one event a line, each ended by a newline), how many,
+    and the plays among them with their links' fingerprints (for the listening sessions).
+
+    msgspec writes the lines in one call, in C: this is the ledger's per-request work, done every 50 ms
+    for what the worker answered meanwhile."""
+    events = []
+    plays = []
+    for record in records:
+        a = access(record)
+        link = fingerprint_of(a.token)
+        events.append(
+            AccessEvent(
+                new_id(a.began), ACCESS, iso(a.began), replica, a.method, a.path, a.storage, a.backend, a.status,
+                a.reason, a.bytes, a.size, a.ranges, a.complete, round(a.duration, 6), a.view, a.handoff, link,
+                a.signed, a.client, a.user_agent,
+            )
+        )  # fmt: skip
+        if a.play is not None:
+            plays.append((link, record))
+    return _encoder.encode_lines(events), len(events), plays
 
 
-def _view(view: Mapping[str, object] | None) -> str:
-    if view is None:
-        return "null"
-    try:
-        key = tuple(view.items())
-        found = _views.get(key)
-    except TypeError:  # a value that cannot be a key
-        return dumps(view)
-    if found is None:
-        found = dumps(view)
-        if len(_views) < 1024:
-            _views[key] = found
-    return found
+def encode_lines(events: Iterable[Mapping[str, object]]) -> bytes:
+    """Events (dicts) as JSON lines."""
+    return _encoder.encode_lines(list(events))
 
 
 # -- listening sessions --------------------------------------------------------
