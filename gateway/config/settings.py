@@ -232,7 +232,7 @@ class Ledger:
     )  # fmt: skip
     max_events: int = setting(
         "GATEWAY_LEDGER_MAX_EVENTS", whole(1, 10**9), 1_000_000,
-        "undelivered events kept at most (about 1 KiB each on disk); past it the oldest are dropped and counted",
+        "undelivered events kept at most (about half a KiB each on disk); past it the oldest are dropped and counted",
     )  # fmt: skip
     webhook_batch_size: int = setting(
         "GATEWAY_WEBHOOK_BATCH_SIZE", whole(1, 10_000), 500, "events per delivery (one `POST`)"
