@@ -5,8 +5,8 @@ renditions and the link admission that ties them together are made here
 and nowhere else, so the edge and the link inspector can never be wired
 differently; so is the edge's listening ledger, when webhooks are
 configured. `running()` starts what needs starting (storage clients, the
-revocation watcher, the rendition cache, the ledger's helper process) and stops it
-again.
+revocation watcher, the rendition cache, the ledger's helper process) and
+stops it again.
 """
 
 from __future__ import annotations

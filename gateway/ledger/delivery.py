@@ -1,10 +1,11 @@
 """Delivery: the outbox POSTed to every webhook URL, signed, in batches, at least once.
 
 Exactly one process of a host delivers: the one holding an exclusive
-`flock` on `<ledger dir>/deliverer.lock`. Every edge worker runs a
-`Deliverer` thread that waits for that lock (trying again every second);
-the kernel releases it when its holder dies, however it dies, and another
-worker takes over from the cursors in the outbox. `flock` rather than a
+`flock` on `<ledger dir>/deliverer.lock`. Every edge worker's helper
+process (`helper`) runs a `Deliverer` thread that waits for that lock
+(trying again every second); the kernel releases it when its holder dies,
+however it dies, and another helper takes over from the cursors in the
+outbox. `flock` rather than a
 POSIX byte-range lock: it belongs to the open file, not to the process, so
 nothing else the process opens or closes can drop it.
 
@@ -13,7 +14,7 @@ never holds back the others) and a housekeeping loop that closes idle
 listening sessions and publishes `gateway_ledger_pending`. A sender takes
 the next `batch_size` events after its URL's cursor and POSTs
 `{"events": [...]}` with its own HTTP client (http.client: nothing here
-runs on an event loop):
+runs in an edge worker, nor on an event loop):
 
 - `X-Gateway-Signature: t=<now>,v1=<HMAC>` (signed afresh for each attempt,
   so a receiver's replay window holds for retries too);
@@ -62,7 +63,7 @@ from .stats import Stats
 log = logging.getLogger("gateway.ledger")
 
 LOCK_FILE = "deliverer.lock"
-LOCK_POLL_SECONDS = 1.0  # how often a worker that does not deliver tries to take over
+LOCK_POLL_SECONDS = 1.0  # how often a helper that does not deliver tries to take over
 POLL_SECONDS = 0.5  # how long a sender that has sent everything waits before looking again
 MAX_SWEEP_SECONDS = 1.0  # sessions are closed at most this long after their idle time
 MAX_RESPONSE_BYTES = 64 * 1024  # read of a receiver's answer (its first 200 characters are logged)
@@ -155,7 +156,7 @@ class Deliverer:
             )
             self._deliver()
         except Exception:
-            log.exception("ledger: the deliverer failed; another worker takes over")
+            log.exception("ledger: the deliverer failed; another helper takes over")
         finally:
             self.delivering.clear()
             os.close(fd)  # releases the lock

@@ -1,7 +1,7 @@
 """The outbox: events on local disk until every webhook has them (SQLite, WAL).
 
 One database per host, `<ledger dir>/outbox.sqlite3`, shared by every
-worker (each writes through its own connection, from its writer thread)
+worker (each worker's helper process writes through its own connection)
 and by the one deliverer. Tables:
 
     outbox    chunks of events: seq, first and last (the chunk's event numbers), events (their JSON, one a
@@ -10,10 +10,10 @@ and by the one deliverer. Tables:
     cursors   per webhook URL, the number of the last event it acknowledged
     sessions  listening sessions not yet closed: key, last activity, state (JSON)
 
-Events are kept in chunks, one row per commit of a writer (about 50 ms of
-a worker's answers, at most `chunk` events): a row per event would cost
-an insert and a delete per request, and SQLite's per-row work was most
-of the ledger's cost. A delivery is one or more whole chunks. Chunks
+Events are kept in chunks, one row per commit of a writer (about 100 ms
+of a worker's answers, at most `chunk` events): a row per event would cost
+an insert and a delete per request. A delivery is one or more whole
+chunks. Chunks
 leave `outbox` once every configured URL has acknowledged them, or when
 the bound (`max_events`) drops the oldest events (the oldest chunk is cut
 if only part of it must go). Sessions live here rather than in a worker's
