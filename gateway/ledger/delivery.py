@@ -129,7 +129,6 @@ class Deliverer:
         self.on_committed = on_committed  # what closing sessions recorded (and dropped)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self.delivering = threading.Event()  # set while this process holds the lock
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="ledger-deliverer", daemon=True)
@@ -141,25 +140,24 @@ class Deliverer:
             self._thread.join(STOP_SECONDS + 1)
 
     def _run(self) -> None:
-        fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if self._stopping.wait(LOCK_POLL_SECONDS):
-                        return
-            self.delivering.set()
-            log.info(
-                "ledger: this process (pid %d) delivers to %d webhook URL(s)", os.getpid(), len(self.delivery.urls)
-            )
-            self._deliver()
-        except Exception:
-            log.exception("ledger: the deliverer failed; another helper takes over")
-        finally:
-            self.delivering.clear()
-            os.close(fd)  # releases the lock
+        while not self._stopping.is_set():
+            fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            try:
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if self._stopping.wait(LOCK_POLL_SECONDS):
+                            return
+                log.info("ledger: this process (pid %d) delivers to %d webhook URL(s)", os.getpid(),
+                         len(self.delivery.urls))  # fmt: skip
+                self._deliver()
+            except Exception:  # the outbox unreadable for a while, say: let go of the lock, and try again
+                log.exception("ledger: the deliverer failed; trying again")
+            finally:
+                os.close(fd)  # releases the lock
+            self._stopping.wait(LOCK_POLL_SECONDS)
 
     def _deliver(self) -> None:
         outbox = Outbox(self.directory, self.max_events, self.delivery.batch_size)
@@ -200,14 +198,20 @@ class Sender(threading.Thread):
         self.client = WebhookClient(url, delivery.timeout)
 
     def run(self) -> None:
-        outbox = Outbox(self.directory, self.max_events, self.delivery.batch_size)
         try:
-            self._run(outbox)
-        except Exception:
-            log.exception("ledger: delivering to %s failed", self.client.shown)
+            while not self.stopping.is_set():
+                outbox = None
+                try:
+                    outbox = Outbox(self.directory, self.max_events, self.delivery.batch_size)
+                    self._run(outbox)  # from the cursor in the outbox: nothing acknowledged is sent again
+                except Exception:  # a lock held past the busy timeout, a full disk: the next round may do
+                    log.exception("ledger: delivering to %s failed; trying again", self.client.shown)
+                    self.stopping.wait(LOCK_POLL_SECONDS)
+                finally:
+                    if outbox is not None:
+                        outbox.close()
         finally:
             self.client.stop()
-            outbox.close()
 
     def _run(self, outbox: Outbox) -> None:
         cursor = outbox.cursor(self.url)

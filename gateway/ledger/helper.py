@@ -134,7 +134,10 @@ def _serve(channel: socket.socket, frames: Frames, config: HelperConfig, queued:
             if open_:
                 ready, _, _ = select.select([channel], [], [], wait)
                 if ready:
-                    data = channel.recv(1 << 20)
+                    try:
+                        data = channel.recv(1 << 20)
+                    except OSError:  # reset: the worker was killed
+                        data = b""
                     queued.extend(frames.feed(data))
                     open_ = bool(data)  # no data: the worker is done, or gone; commit what is here, then stop
                 if open_ and time.monotonic() < due:
