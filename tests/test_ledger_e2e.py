@@ -396,7 +396,7 @@ def test_a_hung_receiver_does_not_slow_100_downloads(files: Storage, tmp_path: P
         assert get(gateway, target, "hung/first").status == 200
         poll(lambda: receiver.hanging, lambda held: held >= 1, WAIT)  # a delivery is hanging now
         expected = files.data(P64K)
-        for number in range(100):  # the one worker serves them while its deliverer waits for the receiver
+        for number in range(100):  # the one worker serves them while its helper waits for the receiver
             reply = request(gateway.base_url, target, headers={"User-Agent": f"hung/{number}"}, timeout=10)
             assert reply.status == 200 and reply.body == expected
         assert receiver.hanging >= 1 and not receiver.accepted()  # it hung all along
