@@ -12,6 +12,7 @@ import secrets
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,6 +69,18 @@ def _parser() -> argparse.ArgumentParser:
 
     keygen = commands.add_parser("keygen", help="print a new random key")
     keygen.add_argument("--base64", action="store_true", help="print the base64: form instead of hex")
+
+    webhook = commands.add_parser("webhook", help="check deliveries of the listening ledger")
+    webhook_commands = webhook.add_subparsers(dest="webhook_command", required=True, metavar="ACTION")
+    verify = webhook_commands.add_parser(
+        "verify", help="check the signature of one delivery: exit status 0 when valid, 1 otherwise"
+    )
+    verify.add_argument("--secret", help="the webhook secret (default: GATEWAY_WEBHOOK_SECRET)")
+    verify.add_argument("--signature", required=True, help="the X-Gateway-Signature header, t=…,v1=…")
+    verify.add_argument(
+        "--tolerance", type=float, default=300.0, help="seconds the signature's time may be from now (default 300)"
+    )
+    verify.add_argument("file", help="the body exactly as received (- for standard input)")
     return parser
 
 
@@ -81,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "api-client":
         return _api_client_add(args.id, args.prefix)
+    if args.command == "webhook":
+        return _webhook_verify(args)
     try:
         # A link is made with the key alone: `link encrypt` runs where no storage is mounted.
         only = LINK_SETTINGS if args.command == "link" and args.link_command == "encrypt" else None
@@ -171,17 +186,19 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     metrics_port = args.metrics_port or settings.edge.metrics_port
     if settings.dev_dir is not None:
         _print_dev_banner(settings, args.host, args.port, metrics_port)
-    from .transcode.cache import UnsafeDirectory, private_directory
+    from .common.files import UnsafeDirectory, private_directory
 
-    cache_dir = settings.transcode.cache_dir
-    try:
-        # Made (or checked) here, once, so a directory that is not this user's alone stops `serve` (exit 2).
-        private_directory(cache_dir)
-    except (OSError, UnsafeDirectory) as exc:
-        problem = f"cannot make {cache_dir}: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
-        print(f"storage-gateway: configuration error: transcode.cache_dir (GATEWAY_TRANSCODE_CACHE_DIR): {problem}",
-              file=sys.stderr)  # fmt: skip
-        return 2
+    private = [(settings.transcode.cache_dir, "transcode.cache_dir (GATEWAY_TRANSCODE_CACHE_DIR)")]
+    if settings.ledger.enabled:
+        private.append((settings.ledger.dir, "ledger.dir (GATEWAY_LEDGER_DIR)"))
+    for directory, setting in private:
+        try:
+            # Made (or checked) here, once, so a directory that is not this user's alone stops `serve` (exit 2).
+            private_directory(directory)
+        except (OSError, UnsafeDirectory) as exc:
+            problem = f"cannot make {directory}: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
+            print(f"storage-gateway: configuration error: {setting}: {problem}", file=sys.stderr)
+            return 2
     # Workers are fresh interpreters: they re-read the same configuration.
     if args.config:
         os.environ[CONFIG_FILE_ENV] = str(args.config.resolve())
@@ -256,6 +273,27 @@ def _api_client_add(client_id: str, prefix: str) -> int:
         "  under [api] in the TOML file, then restart `storage-gateway api`.",
         file=sys.stderr,
     )
+    return 0
+
+
+def _webhook_verify(args: argparse.Namespace) -> int:
+    """One delivery checked as a receiver would: its body, its signature header, the secret, the replay window."""
+    from .ledger.signing import BadSignature, verify
+
+    secret = args.secret or os.environ.get("GATEWAY_WEBHOOK_SECRET", "").strip()
+    if not secret:
+        print("storage-gateway: give the webhook secret with --secret or GATEWAY_WEBHOOK_SECRET", file=sys.stderr)
+        return 1
+    try:
+        body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+        signed_at = verify(secret.encode(), args.signature, body, args.tolerance)
+    except OSError as exc:
+        print(f"storage-gateway: invalid: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except BadSignature as exc:
+        print(f"storage-gateway: invalid: {exc}", file=sys.stderr)
+        return 1
+    print(f"valid: signed at {signed_at} ({time.time() - signed_at:.0f} s ago)")
     return 0
 
 

@@ -134,6 +134,38 @@ ACTIVE_CONVERSIONS = Gauge(
 )
 
 
+# The listening ledger (gateway.ledger): events recorded, and their delivery to the webhooks.
+LEDGER_EVENTS = Counter(
+    "gateway_ledger_events_total",
+    "Ledger events recorded (committed to the outbox on disk), by type: access or listen.",
+    ["type"],
+)
+LEDGER_PENDING = Gauge(
+    "gateway_ledger_pending",
+    "Events in the outbox not yet delivered to every webhook URL (published by the process that delivers).",
+    multiprocess_mode="livemax",
+)
+LEDGER_DELIVERED = Counter(
+    "gateway_ledger_delivered_total",
+    "Events delivered: acknowledged with a 2xx by a webhook URL (counted once per URL).",
+)
+LEDGER_FAILURES = Counter(
+    "gateway_ledger_failures_total",
+    "Failed delivery attempts, by reason: timeout, connection, server (5xx), throttled (408, 429), all retried; "
+    "rejected (any other status): the batch is skipped for that URL.",
+    ["reason"],
+)
+LEDGER_DROPPED = Counter(
+    "gateway_ledger_dropped_total",
+    "Events dropped undelivered: the oldest, past the outbox's bound; or new ones, while a worker's queue is full.",
+)
+LEDGER_DELIVERY_SECONDS = Histogram(
+    "gateway_ledger_delivery_seconds",
+    "Time of one delivery attempt (one POST of a batch to one URL), whatever its outcome.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+
 @cache
 def child(metric: Counter | Gauge | Histogram, *labels: str) -> Any:
     """`metric.labels(*labels)`, remembered: label sets here are few and fixed, lookups many."""

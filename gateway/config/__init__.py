@@ -125,4 +125,8 @@ def load_settings(
         )
         for section, cls in SECTIONS.items()
     }
+    if sections["ledger"].webhook_urls and sections["ledger"].webhook_secret is None:
+        raise ConfigError(
+            "GATEWAY_WEBHOOK_SECRET", "required when webhook URLs are set (deliveries are signed with it)"
+        )
     return Settings(**top, **sections, dev_dir=dev_dir)

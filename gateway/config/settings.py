@@ -19,7 +19,19 @@ from typing import Any
 from ..links.clients import ApiClient
 from ..storage.specs import StorageSpec
 from . import sources
-from .values import Parser, flag, http_url, optional_text, printable, readable_file, seconds, whole, writable_directory
+from .values import (
+    Parser,
+    flag,
+    http_url,
+    http_urls,
+    optional_text,
+    printable,
+    readable_file,
+    seconds,
+    secret,
+    whole,
+    writable_directory,
+)
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -53,6 +65,12 @@ def default_cache_dir() -> Path:
     """The user's own cache (XDG), never a fixed name in the shared temporary directory."""
     base = os.environ.get("XDG_CACHE_HOME", "").strip()
     return (Path(base) if base.startswith("/") else Path.home() / ".cache") / "storage-gateway" / "renditions"
+
+
+def default_ledger_dir() -> Path:
+    """The user's state directory (XDG): the outbox is data to keep, not a cache."""
+    base = os.environ.get("XDG_STATE_HOME", "").strip()
+    return (Path(base) if base.startswith("/") else Path.home() / ".local" / "state") / "storage-gateway" / "ledger"
 
 
 @dataclass(frozen=True)
@@ -146,8 +164,8 @@ class Transcode:
     )  # fmt: skip
     max_rendition_bytes: int = setting(
         "GATEWAY_TRANSCODE_MAX_RENDITION_BYTES", whole(MIB, 4 * GIB - 64 * KIB), 512 * MIB,
-        "largest rendition made (at most `transcode.cache_bytes`; a WAV holds at most 4 GiB); past it the "
-        "recording is answered `415`",
+        "largest rendition made (lowered to `transcode.cache_bytes` where that is smaller; a WAV holds at most "
+        "4 GiB); past it the recording is answered `415`",
     )  # fmt: skip
     queue_seconds: float = setting(
         "GATEWAY_TRANSCODE_QUEUE_SECONDS", seconds(600), 30.0,
@@ -158,14 +176,10 @@ class Transcode:
         "requests waiting for a conversion slot in one worker at most; past it `503` at once",
     )  # fmt: skip
 
-    def problem(self) -> tuple[str, str] | None:
-        """A conflict between two settings of the section: (the setting at fault, what is wrong)."""
-        if self.max_rendition_bytes > self.cache_bytes:
-            return "max_rendition_bytes", (
-                f"{self.max_rendition_bytes} is more than transcode.cache_bytes ({self.cache_bytes}): "
-                "one rendition would take the cache past its bound"
-            )
-        return None
+    @property
+    def rendition_limit(self) -> int:
+        """The largest rendition made: `max_rendition_bytes`, lowered to `cache_bytes` so one always fits the cache."""
+        return min(self.max_rendition_bytes, self.cache_bytes)
 
 
 @dataclass(frozen=True)
@@ -198,6 +212,57 @@ class S3:
         "a found object's size and ETag are remembered this long, so a player seeking through it costs one S3 "
         "round trip per range; `0` turns it off",
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """[ledger]: the listening ledger, delivered to webhooks; on when `webhook_urls` are set."""
+
+    webhook_urls: tuple[str, ...] = setting(
+        "GATEWAY_WEBHOOK_URLS", http_urls, (),
+        'turn the listening ledger on: http(s) URLs, comma-separated or a TOML list, that each receive every event '
+        '(see "The listening ledger"); `ledger.webhook_secret` is then required',
+    )  # fmt: skip
+    webhook_secret: str | None = setting(
+        "GATEWAY_WEBHOOK_SECRET", secret, None,
+        "signs every delivery (`X-Gateway-Signature`, HMAC-SHA256), at least 16 characters", repr=False,
+    )  # fmt: skip
+    dir: Path = setting(
+        "GATEWAY_LEDGER_DIR", writable_directory, None,
+        "the outbox (SQLite) on local disk, one per host, shared by its workers; made by `serve` (mode 0700), "
+        "refused unless it is a real directory of the gateway's user that no one else may write; keep it on a disk "
+        "that outlives restarts",
+        factory=default_ledger_dir, shown="`$XDG_STATE_HOME/storage-gateway/ledger` (`~/.local/state/…`)",
+    )  # fmt: skip
+    session_idle_seconds: float = setting(
+        "GATEWAY_LEDGER_SESSION_IDLE_SECONDS", seconds(7 * 24 * 3600, True), 300.0,
+        "a listening session (the inline plays of one link by one client) ends once idle this long; its `listen` "
+        "event follows",
+    )  # fmt: skip
+    max_events: int = setting(
+        "GATEWAY_LEDGER_MAX_EVENTS", whole(1, 10**9), 1_000_000,
+        "undelivered events kept at most (about half a KiB each on disk); past it the oldest are dropped and counted",
+    )  # fmt: skip
+    webhook_batch_size: int = setting(
+        "GATEWAY_WEBHOOK_BATCH_SIZE", whole(1, 10_000), 500, "events per delivery (one `POST`)"
+    )
+    webhook_timeout: float = setting(
+        "GATEWAY_WEBHOOK_TIMEOUT", seconds(600, True), 10.0,
+        "seconds one delivery attempt may take in all (connecting, sending, the answer); past it the attempt "
+        "fails and is retried",
+    )  # fmt: skip
+    webhook_retry_seconds: float = setting(
+        "GATEWAY_WEBHOOK_RETRY_SECONDS", seconds(3600, True), 1.0,
+        "wait before the first retry of a failed delivery; it doubles at each retry (with jitter)",
+    )  # fmt: skip
+    webhook_max_retry_seconds: float = setting(
+        "GATEWAY_WEBHOOK_MAX_RETRY_SECONDS", seconds(24 * 3600, True), 300.0,
+        "longest wait between retries (a `Retry-After` is honoured up to it)",
+    )  # fmt: skip
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.webhook_urls)
 
 
 # The key may come from either of two settings; both fill `Settings.keys`.
@@ -237,11 +302,12 @@ class Settings:
     disk: Disk = field(default_factory=Disk)
     transcode: Transcode = field(default_factory=Transcode)
     s3: S3 = field(default_factory=S3)
+    ledger: Ledger = field(default_factory=Ledger)
     # Set when no key and no storage were configured: the embedded default.
     dev_dir: Path | None = None
 
 
-SECTIONS = {"edge": Edge, "disk": Disk, "transcode": Transcode, "s3": S3}
+SECTIONS = {"edge": Edge, "disk": Disk, "transcode": Transcode, "s3": S3, "ledger": Ledger}
 # Read from the environment only: they choose the configuration rather than being part of it.
 CONFIG_FILE_ENV = "GATEWAY_CONFIG"
 DEV_DIR_ENV = "GATEWAY_DEV_DIR"

@@ -131,3 +131,18 @@ def writable_directory(value: object) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise Invalid(f"{existing} is not writable by this process")
     return path
+
+
+def http_urls(value: object) -> tuple[str, ...]:
+    """One or more http(s) URLs, comma-separated or a TOML array."""
+    return tuple(http_url(item) for item in nonempty_list(value))
+
+
+def secret(value: object) -> str:
+    """A shared secret: at least 16 printable characters, none of them spaces."""
+    text = str(value).strip()
+    if len(text) < 16:
+        raise Invalid(f"has {len(text)} characters, at least 16 are needed (e.g. `openssl rand -hex 32`)")
+    if not text.isprintable() or any(char.isspace() for char in text):
+        raise Invalid("contains spaces or control characters")
+    return text

@@ -30,11 +30,12 @@ from ..config import Settings, load_settings
 from ..http.asgi import Message, Receive, Scope, Send
 from ..http.cors import Cors
 from ..http.forwarded import client_address, parse_networks
-from ..http.plan import Representation, plan, representation
+from ..http.plan import Plan, Representation, plan, representation
 from ..http.query import MAX_QUERY_BYTES, query_params
 from ..http.replies import METHOD_NOT_ALLOWED, NOSNIFF, explained, fixed, send_reply
 from ..http.representation import content_disposition, policy, shown_inline
 from ..http.send import IncompleteBody, send_plan, streams
+from ..ledger import Play
 from ..links.admission import Admitted
 from ..links.decision import Refusal, storage_failure
 from ..services import Services, build_services
@@ -44,6 +45,7 @@ from ..transcode.spec import Refused
 from .accesslog import AccessLog
 from .control import control_app
 from .drain import Drain
+from .ledger import LedgerHook
 from .pages import ASSETS, Pages
 from .protocol import GuardedHttpToolsProtocol
 
@@ -55,8 +57,8 @@ QUERY_TOO_LONG = Refusal(414, "query", f"query string longer than {MAX_QUERY_BYT
 class Exchange:
     """What one edge request did, for its metrics and its access-log line; its `send` passes messages on."""
 
-    __slots__ = ("backend", "began", "bytes", "cors", "detail", "head", "method", "reason", "rejected", "send",
-                 "started", "status", "view")  # fmt: skip
+    __slots__ = ("admitted", "backend", "began", "bytes", "cors", "detail", "head", "method", "plan", "play", "reason",
+                 "rejected", "send", "size", "started", "status", "view")  # fmt: skip
 
     def __init__(self, method: str, send: Send) -> None:
         self.method = method if method == "GET" or method == "HEAD" else "OTHER"
@@ -72,6 +74,11 @@ class Exchange:
         self.view = ""  # the views asked for beyond the plain link (player, channel, mask, split)
         self.cors: tuple[tuple[bytes, bytes], ...] = ()  # the CORS headers every answer gets, for its Origin
         self.began = time.perf_counter()
+        # For the listening ledger: the link served, what was planned of it, and its listening session.
+        self.admitted: Admitted | None = None
+        self.plan: Plan | None = None
+        self.size: int | None = None
+        self.play: Play | None = None
 
     async def __call__(self, message: Message) -> None:
         """The ASGI `send` the request is answered through: counts what is sent."""
@@ -103,6 +110,9 @@ class Edge:
         self.drain = Drain()
         self.control = control_app(services.storages, self.drain, self._lifespan, serve_metrics)
         self._control_paths = {route.path for route in self.control.routes}  # type: ignore[attr-defined]
+        self.ledger = None
+        if services.ledger is not None:
+            self.ledger = LedgerHook(services.ledger, services.resolver, self.trusted_proxies, self.renditions.inline)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in self._control_paths:
@@ -144,6 +154,8 @@ class Edge:
                 self.tally.rejected(exchange.reason)
             if self.access_log is not None:
                 self._log_access(scope, headers, exchange, duration)
+            if self.ledger is not None:
+                self.ledger.record(scope, headers, exchange, duration)
 
     def _log_access(self, scope: Scope, headers: Mapping[bytes, bytes], exchange: Exchange, duration: float) -> None:
         client = scope.get("client")
@@ -192,6 +204,7 @@ class Edge:
         if isinstance(decision, Refusal):
             await _refuse(send, exchange, decision)
             return
+        exchange.admitted = decision
         exchange.backend = decision.storage.label
         file = decision.file
         kinds = decision.view.kinds
@@ -208,7 +221,7 @@ class Edge:
                 await self._handoff(send, decision)
             else:
                 rep = self.representation(decision.path, decision.name, file.etag, file.mtime, decision.view.inline)
-                await self._send(scope, headers, receive, send, file, rep)
+                await self._send(scope, headers, receive, send, file, rep, exchange)
         except Refused as exc:  # a conversion refused (503 at the limit, 415 when it fails)
             exchange.reason, exchange.detail = exc.reason, exc.message
             await send_reply(send, explained(exc.status, exc.message, exc.retry_after))
@@ -237,24 +250,27 @@ class Edge:
                 wants.rename(decision.path), wants.rename(decision.name), rendition.etag, rendition.mtime,
                 decision.view.inline,
             )  # fmt: skip
-            await self._send(scope, headers, receive, send, rendition, rep)
+            await self._send(scope, headers, receive, send, rendition, rep, exchange)
         finally:
             await rendition.close()
 
     async def _send(
         self, scope: Scope, headers: Mapping[bytes, bytes], receive: Receive, send: Send, file: StoredFile,
-        rep: Representation,
+        rep: Representation, exchange: Exchange,
     ) -> None:  # fmt: skip
         answer = plan(scope["method"], headers, rep, file.size, self.edge.max_ranges)
+        exchange.plan, exchange.size = answer, file.size
         chunk = self.edge.chunk_size
         if not streams(answer, file, chunk):
             await send_plan(answer, file, chunk, receive, send)
-            return
-        ACTIVE_STREAMS.inc()
-        try:
-            await send_plan(answer, file, chunk, receive, send)
-        finally:
-            ACTIVE_STREAMS.dec()
+        else:
+            ACTIVE_STREAMS.inc()
+            try:
+                await send_plan(answer, file, chunk, receive, send)
+            finally:
+                ACTIVE_STREAMS.dec()
+        if self.ledger is not None and exchange.admitted is not None and exchange.admitted.view.inline:
+            await self.ledger.sent(exchange, file, rep)
 
     async def _handoff(self, send: Send, decision: Admitted) -> None:
         """Let another server send the bytes, with the name and type we decided.

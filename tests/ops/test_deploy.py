@@ -831,9 +831,21 @@ def _template_metric_names(query: str) -> set[str]:
     return _promql_metric_names(inner.group(1))
 
 
+# Beyond the contract, the dashboard shows the listening ledger's family (README, "The listening ledger"; issue #16).
+LEDGER_METRICS = {
+    "gateway_ledger_events_total": "counter",
+    "gateway_ledger_pending": "gauge",
+    "gateway_ledger_delivered_total": "counter",
+    "gateway_ledger_failures_total": "counter",
+    "gateway_ledger_dropped_total": "counter",
+    "gateway_ledger_delivery_seconds": "histogram",
+}
+SHOWN_METRICS = {**CONTRACT_METRICS, **LEDGER_METRICS}
+
+
 def _allowed_series() -> set[str]:
-    allowed = {name for name, kind in CONTRACT_METRICS.items() if kind != "histogram"}
-    for name, kind in CONTRACT_METRICS.items():
+    allowed = {name for name, kind in SHOWN_METRICS.items() if kind != "histogram"}
+    for name, kind in SHOWN_METRICS.items():
         if kind == "histogram":
             allowed |= {name + suffix for suffix in HISTOGRAM_SUFFIXES}
     return allowed
@@ -856,7 +868,7 @@ def _exprs(dashboard: dict) -> list[str]:
 
 
 def _series(name: str) -> str:
-    return re.sub(r"_(bucket|sum|count)$", "", name) if name not in CONTRACT_METRICS else name
+    return re.sub(r"_(bucket|sum|count)$", "", name) if name not in SHOWN_METRICS else name
 
 
 def test_metric_extraction_helper() -> None:
@@ -887,14 +899,14 @@ def test_dashboard_uses_only_contract_metrics_and_all_of_them() -> None:
     for expr in _exprs(dashboard):
         names = _promql_metric_names(expr)
         assert names, f"no metric in {expr!r}"
-        assert names <= allowed, f"not a contract metric: {sorted(names - allowed)} in {expr!r}"
+        assert names <= allowed, f"not a contract or ledger metric: {sorted(names - allowed)} in {expr!r}"
         used |= names
     for variable in dashboard["templating"]["list"]:
         if variable["type"] == "query":
             query = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
             names = _template_metric_names(query)
-            assert names <= allowed, f"not a contract metric in variable {variable['name']}: {names}"
-    assert {_series(name) for name in used} == set(CONTRACT_METRICS), "every contract metric has a panel"
+            assert names <= allowed, f"not a contract or ledger metric in variable {variable['name']}: {names}"
+    assert {_series(name) for name in used} == set(SHOWN_METRICS), "every contract and ledger metric has a panel"
 
 
 def test_dashboard_queries_use_each_metric_type_correctly() -> None:
@@ -905,7 +917,7 @@ def test_dashboard_queries_use_each_metric_type_correctly() -> None:
         for function, name in re.findall(r"\b(rate|irate|increase)\(\s*([A-Za-z_:][\w:]*)", bare):
             assert name.endswith(("_total", "_bucket", "_sum", "_count")), f"{function}() of a gauge: {name}"
         for name in _promql_metric_names(expr):
-            if CONTRACT_METRICS.get(_series(name)) == "counter":
+            if SHOWN_METRICS.get(_series(name)) == "counter":
                 assert re.search(rf"\b(rate|irate|increase)\(\s*{name}\b", bare), f"raw counter {name}"
         if "histogram_quantile" in bare:
             assert re.search(r"histogram_quantile\(\s*[0-9.]+\s*,\s*sum by \([^)]*\ble\b", bare), expr

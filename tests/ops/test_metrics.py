@@ -52,6 +52,13 @@ RENDITION_FAMILIES = {
     "gateway_access_log_dropped_total": "counter",
     # and the views of a recording (README, "Views of a recording"; issue #15)
     "gateway_views_total": "counter",
+    # and the listening ledger's (README, "The listening ledger"; issue #16)
+    "gateway_ledger_events_total": "counter",
+    "gateway_ledger_pending": "gauge",
+    "gateway_ledger_delivered_total": "counter",
+    "gateway_ledger_failures_total": "counter",
+    "gateway_ledger_dropped_total": "counter",
+    "gateway_ledger_delivery_seconds": "histogram",
 }
 RENDITION_LABELS = {
     "gateway_conversions": {"codec", "format"},
@@ -65,6 +72,12 @@ RENDITION_LABELS = {
     "gateway_conversion_wait_seconds": {"format"},
     "gateway_access_log_dropped": set(),
     "gateway_views": {"view"},
+    "gateway_ledger_events": {"type"},
+    "gateway_ledger_pending": set(),
+    "gateway_ledger_delivered": set(),
+    "gateway_ledger_failures": {"reason"},
+    "gateway_ledger_dropped": set(),
+    "gateway_ledger_delivery_seconds": set(),
 }
 
 

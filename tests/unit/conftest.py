@@ -4,7 +4,8 @@ Each test here is set up, run and torn down with `subprocess.Popen` refusing
 to start any of them (as a program, through `python -m`, or named in a
 wrapper's arguments), so a test that needs one fails and says it belongs in
 tests/e2e. Other programs stay allowed: openssl as an independent AES,
-ffmpeg making recordings, a helper process holding file locks.
+ffmpeg making recordings, a helper process holding file locks, the
+ledger's helper process.
 
 The HTTP behaviour of the edge is tested here in process: `edge` and
 `rotating_edge` are what e2e's `gateway` and `rotating_gateway` processes
@@ -27,6 +28,7 @@ from support.storage import Storage
 
 SERVER_PROGRAMS = {"storage-gateway", "nginx", "chromium", "chromium-browser", "chrome", "headless_shell", "uvicorn"}
 SERVER_MODULES = {"gateway", "moto", "uvicorn", "playwright"}  # started as `python -m <module>`
+HELPER_MODULES = {"gateway.ledger.helper"}  # a worker's own helper process, which serves nothing
 
 
 def server_in(args: object, executable: object = None) -> str | None:
@@ -42,7 +44,8 @@ def server_in(args: object, executable: object = None) -> str | None:
         name = PurePath(word).name
         if name in SERVER_PROGRAMS:
             return name
-        if word == "-m" and at + 1 < len(words) and words[at + 1].split(".")[0] in SERVER_MODULES:
+        module = words[at + 1] if word == "-m" and at + 1 < len(words) else ""
+        if module.split(".")[0] in SERVER_MODULES and module not in HELPER_MODULES:
             return "python -m " + words[at + 1]
         if "playwright" in word:  # Playwright's driver, which starts the browser
             return "playwright"
