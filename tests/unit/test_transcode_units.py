@@ -793,3 +793,9 @@ def test_a_pool_process_whose_parent_dies_while_it_starts_ends_too() -> None:
     children = [int(pid) for pid in done.stdout.split()]
     assert children  # the pool started a process before its parent went
     assert poll(lambda: [pid for pid in children if not pid_gone(pid)], lambda alive: not alive, timeout=30.0) == []
+
+
+def test_the_rendition_limit_is_lowered_to_the_cache_bound(tmp_path: Path) -> None:
+    small = load_settings(None, settings_env(tmp_path, GATEWAY_TRANSCODE_CACHE_BYTES=str(10 * 2**20))).transcode
+    assert small.max_rendition_bytes > small.cache_bytes and small.rendition_limit == small.cache_bytes
+    assert Transcode().rendition_limit == Transcode().max_rendition_bytes  # the defaults fit as they are
