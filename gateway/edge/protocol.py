@@ -12,6 +12,10 @@ request:
 - **Bounded heads** (nginx's `large_client_header_buffers`): a request target
   over 16 KiB is `414`, a head over 32 KiB `431`, before more of it is read,
   so a flood of huge request lines costs no memory.
+- **One piece of body buffered**: a write the socket cannot take whole
+  pauses the sender until the socket has all of it (asyncio and uvloop
+  wait until 64 KiB are buffered, so each slow download held two pieces
+  besides the kernel's own buffer).
 - **Bounded connections**: at most `edge.max_connections` per worker, and
   never so many that the worker runs out of file descriptors (then accept
   itself fails and everyone is reset). At the bound, the connection that
@@ -77,6 +81,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # -- connections --------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        transport.set_write_buffer_limits(high=0)
         super().connection_made(transport)
         if len(self.connections) > self.max_connections:
             oldest = next(iter(self._waiting), None)

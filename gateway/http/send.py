@@ -41,33 +41,58 @@ MIN_READ = 64 * 1024
 PACE_SECONDS = 0.02
 
 
+def _kernel_send_buffer(path: str = "/proc/sys/net/ipv4/tcp_wmem") -> int:
+    """The most this host's kernel buffers for one socket (tcp_wmem's maximum; 4 MiB by default)."""
+    try:
+        with open(path, encoding="ascii") as file:
+            return int(file.read().split()[2])
+    except (OSError, ValueError, IndexError):
+        return 4 * 1024 * 1024
+
+
+# Until this much of a body has gone out, a send that returns at once says only that the
+# kernel took the bytes, not that the client did: the reads stay small until then.
+TRUSTED_AFTER = _kernel_send_buffer()
+# An empty piece of body: uvicorn's send waits (flow control) until the socket has taken what
+# is buffered before it writes, and writes nothing.
+_DRAIN: Message = {"type": "http.response.body", "body": b"", "more_body": True}
+
+
 class Pace:
     """How much to read next for one response, from how fast the client took the last piece.
 
-    Each download holds about two reads in memory (one in the socket's
-    buffer, one being read), so a fixed large read costs every slow client
-    a megabyte; a fixed small one costs a fast client its throughput (on a
-    128 MiB download, 256 KiB reads made 60% of what 512 KiB made). The
-    read follows the client: it starts small, doubles while the client takes
-    each piece at more than it needs, halves when it does not.
+    A download holds what the socket has not taken yet, so a fixed large
+    read costs every slow client its size; a fixed small one costs a fast
+    client its throughput (on a 128 MiB download, 256 KiB reads made 60% of
+    what 512 KiB made). The read follows the client: it starts small, falls
+    back to what the client takes as soon as a piece waits, and doubles
+    only after more than the kernel's own buffer has gone out without one
+    waiting, since a socket whose buffer has room takes anything at once,
+    whoever the client is (it has room at the start, and again each time it
+    wakes a waiting writer).
     """
 
-    __slots__ = ("largest", "size")
+    __slots__ = ("fast", "largest", "size")
 
     def __init__(self, largest: int) -> None:
         self.largest = max(largest, MIN_READ)
         self.size = MIN_READ
+        self.fast = 0  # bytes taken faster than needed since the last piece that waited
 
     def __call__(self) -> int:
         return self.size
 
     def took(self, sent: int, seconds: float) -> None:
-        """The client took `sent` bytes in `seconds` (the time `send` waited for the socket)."""
+        """The client took `sent` bytes in `seconds` (from the piece's write until the socket had it)."""
         wanted = sent / seconds * PACE_SECONDS if seconds > 0 else self.largest
         if wanted >= 2 * self.size:
-            self.size = min(2 * self.size, self.largest)
-        elif wanted < self.size // 2:
-            self.size = max(self.size // 2, MIN_READ)
+            self.fast += sent
+            if self.fast >= TRUSTED_AFTER:
+                self.size = min(2 * self.size, self.largest)
+        elif wanted < self.size:
+            self.fast = 0
+            while self.size > MIN_READ and self.size > wanted:
+                self.size //= 2
 
 
 class IncompleteBody(Exception):
@@ -112,8 +137,9 @@ async def stream_body(
 
     The last chunk is known by the count (`Content-Length`), so nothing is
     held back: uvicorn's `send` waits while the socket is full (flow
-    control), and a download holds about two reads, the one being sent and
-    the one being read ahead; `pace` sizes them to the client.
+    control), and each piece is followed by an empty one that returns once
+    the socket has taken it, so a download holds one read at a time, sized
+    by `pace` to the client.
     """
     gone = asyncio.ensure_future(_disconnected(receive)) if length > MIN_READ else None
     sent = 0
@@ -126,6 +152,8 @@ async def stream_body(
                 sent += len(data)
                 began = perf_counter()
                 await send({"type": "http.response.body", "body": data, "more_body": sent < length})
+                if sent < length:
+                    await send(_DRAIN)  # the next read is made once the socket has this one, never held beside it
                 pace.took(len(data), perf_counter() - began)
                 if gone is not None and gone.done():
                     log.info("client went away mid-body; stopped reading")
