@@ -97,7 +97,6 @@ def test_the_kernels_buffer_is_read_from_the_host_or_taken_as_linuxs_default(tmp
     assert send._kernel_send_buffer(str(tmp_path / "missing")) == 4 * 1024 * 1024
 
 
-
 @pytest.mark.parametrize("new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
 def test_a_write_the_socket_cannot_take_whole_pauses_the_sender_until_the_socket_has_it(
     new_loop: Callable[[], asyncio.AbstractEventLoop],
