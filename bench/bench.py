@@ -476,16 +476,16 @@ def _seconds(number: str, unit: str) -> float:
 
 def parse_wrk(output: str, result: WrkResult) -> None:
     """Fill `result` from wrk's text report (with --latency)."""
-    if m := re.search(r"^\s*Latency\s+" + _TIME + r"\s+\S+\s+" + _TIME, output, re.M):
+    if m := re.search(r"^\s*Latency\s+" + _TIME + r"\s+\S+\s+" + _TIME, output, re.MULTILINE):
         result.latency_avg_s = _seconds(m[1], m[2])
         result.latency_max_s = _seconds(m[3], m[4])
-    for m in re.finditer(r"^\s+(\d+(?:\.\d+)?)%\s+" + _TIME + r"\s*$", output, re.M):
+    for m in re.finditer(r"^\s+(\d+(?:\.\d+)?)%\s+" + _TIME + r"\s*$", output, re.MULTILINE):
         result.latency_percentiles_s[f"p{m[1]}"] = _seconds(m[2], m[3])
-    if m := re.search(r"^\s*(\d+) requests in ", output, re.M):
+    if m := re.search(r"^\s*(\d+) requests in ", output, re.MULTILINE):
         result.requests = int(m[1])
-    if m := re.search(r"^Requests/sec:\s+([\d.]+)", output, re.M):
+    if m := re.search(r"^Requests/sec:\s+([\d.]+)", output, re.MULTILINE):
         result.requests_per_sec = float(m[1])
-    if m := re.search(r"^Transfer/sec:\s+([\d.]+)([KMGTP]?)B", output, re.M):
+    if m := re.search(r"^Transfer/sec:\s+([\d.]+)([KMGTP]?)B", output, re.MULTILINE):
         result.bytes_per_sec = round(float(m[1]) * _BYTE_UNITS[m[2]])
     if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output):
         result.socket_errors = dict(zip(("connect", "read", "write", "timeout"), map(int, m.groups())))
@@ -516,7 +516,9 @@ def run_wrk(wrk: str, url: str, scenario: Scenario, duration: float) -> WrkResul
     command.append(url)
     result = WrkResult(command)
     timeout = duration + 120
-    completed = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    completed = subprocess.run(
+        command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False
+    )
     result.output = completed.stdout + completed.stderr
     parse_wrk(result.output, result)
     judge(result, completed.returncode)
@@ -589,7 +591,7 @@ def write_json(path: Path, report: dict) -> None:
 def tool_version(command: list[str]) -> str:
     """First line of `tool -v` (nginx prints it on stderr, wrk exits 1)."""
     try:
-        completed = subprocess.run(command, capture_output=True, text=True, timeout=10)
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     lines = (completed.stdout + completed.stderr).strip().splitlines()
@@ -642,7 +644,7 @@ def report_json(args: argparse.Namespace, rows: list[Row], rss: dict[str, dict[s
         return data
 
     return {
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "config": {
             "duration_s": args.duration,
             "warmup_s": args.warmup,

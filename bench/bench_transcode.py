@@ -439,7 +439,9 @@ def main() -> int:
     print(f"{'':38} {'first byte':>12} {'full body':>12}")
     for label, row in (("original", orig), ("rendition, cold (median)", cold), ("rendition, cached (median)", cached)):
         print(f"{label:38} {row['first_byte_median_s'] * ms:10.1f}ms {row['full_body_median_s'] * ms:10.1f}ms")
-    print(f"{'rendition, first after start':38} {first_ever * ms:10.1f}ms   (waits for the pool processes still starting)")
+    print(
+        f"{'rendition, first after start':38} {first_ever * ms:10.1f}ms   (waits for the pool processes still starting)"
+    )
     print()
     print(f"cold first byte {cold['first_byte_median_s'] * ms:.0f} ms (target < 300 ms): "
           f"{verdict(cold['first_byte_median_s'] < TARGET_COLD_TTFB)}")  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -240,7 +241,7 @@ def test_parse_range_agrees_with_the_model(header, size, max_ranges):
     for start, stop in got:
         assert 0 <= start < stop <= size
     ordered = sorted(got)  # parts keep the request's order (RFC 9110 §15.3.7.2), so sort to compare
-    for (_, stop), (start, _) in zip(ordered, ordered[1:]):
+    for (_, stop), (start, _) in itertools.pairwise(ordered):
         assert stop < start  # disjoint and not even adjacent
     assert {i for start, stop in got for i in range(start, stop)} == expected
     assert sum(stop - start for start, stop in got) <= size
@@ -273,7 +274,7 @@ def test_coalesce_preserves_the_covered_bytes(pairs):
     assert {i for start, stop in merged for i in range(start, stop)} == expected
     # Disjoint and not touching, whatever their order.
     ordered = sorted(merged)
-    for (_, stop), (start, _) in zip(ordered, ordered[1:]):
+    for (_, stop), (start, _) in itertools.pairwise(ordered):
         assert stop < start
     assert len(merged) <= len(spans)
     # Each part stands where the first span it absorbed stood in the request.
