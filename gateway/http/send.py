@@ -53,8 +53,9 @@ def _kernel_send_buffer(path: str = "/proc/sys/net/ipv4/tcp_wmem") -> int:
 # Until this much of a body has gone out, a send that returns at once says only that the
 # kernel took the bytes, not that the client did: the reads stay small until then.
 TRUSTED_AFTER = _kernel_send_buffer()
-# An empty piece of body: uvicorn's send waits (flow control) until the socket has taken what
-# is buffered before it writes, and writes nothing.
+# An empty piece of body: uvicorn's send waits while the transport is paused (flow control),
+# then writes nothing. The edge's protocol pauses as soon as anything is buffered, so this
+# returns once the socket has taken all of the last piece (gateway/edge/protocol.py).
 _DRAIN: Message = {"type": "http.response.body", "body": b"", "more_body": True}
 
 
